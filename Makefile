@@ -1,0 +1,20 @@
+# Two commands matter: `make demo` (toy pipeline end to end) and `make test` (the suite).
+PY ?= python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VPY) -m demo

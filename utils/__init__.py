@@ -1,0 +1,1 @@
+"""Ground-floor helpers: pure functions that import nothing of ours above them."""

@@ -1,0 +1,52 @@
+"""CAM helpers (SPEC.md section 6): ``max_norm`` and ``cam_dict``. Tensors in, tensors out."""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def max_norm(t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-map min-max normalisation over the last two (spatial) dims:
+    ``relu(relu(t) - min - eps) / (max - min + eps)``."""
+    t = F.relu(t)
+    flat = t.flatten(-2)
+    mx = flat.max(-1).values[..., None, None]
+    mn = flat.min(-1).values[..., None, None]
+    return F.relu(t - mn - eps) / (mx - mn + eps)
+
+
+@torch.no_grad()
+def cam_maps(net, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
+             n_layers: int = 12) -> torch.Tensor:
+    """Seeds of ``classes`` for a batch of equally sized images (B x K x H x W).
+
+    ``rcams`` of the image and of its horizontal flip (flipped back), upsampled to the
+    image size (bilinear), weighted by the label, summed, then ``max_norm``. Both views go
+    through the network in one batch; only ``classes`` are upsampled (the others are 0).
+    """
+    B, _, H, W = images.shape
+    idx = torch.as_tensor(list(classes), dtype=torch.long, device=images.device)
+    r = net.rcams(torch.cat([images, images.flip(-1)]), n_layers=n_layers)
+    r = F.interpolate(r[:, idx], size=(H, W), mode="bilinear", align_corners=False)
+    y = labels.to(r.dtype).reshape(B, -1)[:, idx].reshape(B, -1, 1, 1)
+    cams = r[:B] * y + r[B:].flip(-1) * y
+    return max_norm(cams)
+
+
+def label_classes(label: torch.Tensor) -> list:
+    """The class indices with ``label > 1e-5`` (those that get a map)."""
+    return [int(k) for k in torch.nonzero(label.reshape(-1) > 1e-5).flatten()]
+
+
+@torch.no_grad()
+def cam_dict(net, image: torch.Tensor, label: torch.Tensor, n_layers: int = 12) -> Dict[int, np.ndarray]:
+    """``{class index: H x W map}`` for one 1 x 3 x H x W image and its C-vector label."""
+    classes = label_classes(label)
+    if not classes:
+        return {}
+    maps = cam_maps(net, image, label.reshape(1, -1).to(image.device), classes, n_layers)[0]
+    maps = maps.cpu().numpy()
+    return {k: maps[i] for i, k in enumerate(classes)}

@@ -1,0 +1,33 @@
+"""One exception type for problems the user can fix (missing files, bad arguments).
+
+Scripts catch ``UserError`` at the top level and print its message without a traceback
+(see ``utils.errors.run_main``); everything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message says what is wrong and how to fix it."""
+
+
+def describe_missing(paths: Iterable[str], what: str, limit: int = 5) -> str:
+    """'3 <what> missing: a, b, c' (the first ``limit`` names, then a count)."""
+    paths = list(paths)
+    shown = ", ".join(str(p) for p in paths[:limit])
+    more = f" (and {len(paths) - limit} more)" if len(paths) > limit else ""
+    return f"{len(paths)} {what} missing: {shown}{more}"
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; a ``UserError`` ends it with its message and exit code 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
