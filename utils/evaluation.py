@@ -115,16 +115,19 @@ def _default_workers() -> int:
 
 def cam_confusions(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
                    thresholds: Optional[Sequence[float]] = None, workers: Optional[int] = None,
-                   progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+                   progress: bool = False, gt_files: Optional[Sequence[str]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
     """Confusion matrices (T, K, K) of CAM dicts for every threshold, reading each file
-    once. Returns ``(thresholds, confusions)`` in the caller's threshold order."""
+    once. Returns ``(thresholds, confusions)`` in the caller's threshold order.
+    ``gt_files`` (one path per name) replaces ``gt_dir/<name>.png`` (COCO's file names)."""
     th = default_thresholds() if thresholds is None else np.asarray(thresholds, np.float64)
     order = np.argsort(th, kind="stable")
     names = [str(n) for n in names]
     if not names:
         raise UserError("the image list is empty: nothing to evaluate")
     preds = [os.path.join(pred_dir, n + ".npy") for n in names]
-    gts = [os.path.join(gt_dir, n + ".png") for n in names]
+    gts = list(gt_files) if gt_files is not None else [os.path.join(gt_dir, n + ".png")
+                                                         for n in names]
     _check_files(preds, f"CAM dicts in {pred_dir}", "Run infer_PCSS.py --dict for this list "
                  "first, or point --dict_dir at the right folder.")
     _check_files(gts, f"ground-truth PNGs in {gt_dir}", "Check --gt_dir / --data-path.")
@@ -145,11 +148,12 @@ def cam_confusions(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes
 
 def cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
              thresholds: Optional[Sequence[float]] = None, workers: Optional[int] = None,
-             progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+             progress: bool = False, gt_files: Optional[Sequence[str]] = None
+             ) -> Tuple[np.ndarray, np.ndarray]:
     """mIoU (T,) and per-class IoU (T, num_classes), in percent, of the CAM dicts in
     ``pred_dir`` against the index PNGs in ``gt_dir`` for every threshold."""
     _, conf = cam_confusions(pred_dir, gt_dir, names, num_classes, thresholds, workers,
-                             progress)
+                             progress, gt_files)
     return iou_from_confusion(conf)
 
 
@@ -165,11 +169,13 @@ def label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.nd
 
 
 def png_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
-             workers: Optional[int] = None, progress: bool = False) -> Tuple[float, np.ndarray]:
+             workers: Optional[int] = None, progress: bool = False,
+             gt_files: Optional[Sequence[str]] = None) -> Tuple[float, np.ndarray]:
     """mIoU and per-class IoU (percent) of index PNG predictions (pseudo labels, CRF)."""
     names = [str(n) for n in names]
     preds = [os.path.join(pred_dir, n + ".png") for n in names]
-    gts = [os.path.join(gt_dir, n + ".png") for n in names]
+    gts = list(gt_files) if gt_files is not None else [os.path.join(gt_dir, n + ".png")
+                                                         for n in names]
     _check_files(preds, f"prediction PNGs in {pred_dir}", "Run infer_PCSS.py with --png or "
                  "--crf first, or point --dict_dir at the right folder.")
     _check_files(gts, f"ground-truth PNGs in {gt_dir}", "Check --gt_dir / --data-path.")
