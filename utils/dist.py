@@ -62,9 +62,11 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum of ``t`` over ranks (returned; ``t`` itself unchanged on one process)."""
     if not info.distributed:
         return t
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    out = t.clone()
+    if dist.get_backend() == "nccl" and out.device.type != "cuda":
+        out = out.cuda()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
 
 
 def cleanup(info: DistInfo) -> None:
