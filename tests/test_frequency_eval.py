@@ -1,0 +1,225 @@
+"""FFT operations, the frequency influence map and the one-pass evaluator against literal
+re-statements of SPEC.md sections 4 and 7 (other configurations than the fixtures')."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models import build_model
+from utils.evaluation import cam_miou, default_thresholds, first_peak
+from utils.frequency import FrequencyInfluence, influence_cells, suppress_frequencies
+from utils.io import save_cam_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class LiteralFIM:
+    """SPEC section 4, one masked pass per cell, every image, writes in loop order."""
+
+    def __init__(self, C, S, n):
+        self.C, self.S, self.G, self.n = C, S, S // 16, n
+        self.max_loss = None
+        self.masks = torch.zeros(C, S, S, dtype=torch.float64)
+
+    def round(self, net, batches):
+        C, S, G = self.C, self.S, self.G
+        budget = [self.n] * C
+        total = torch.zeros(C, G, G, dtype=torch.float64)
+        got = [False] * C
+        for x, y in batches:
+            mat = torch.zeros(C, G, G, dtype=torch.float64)
+            Fs = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+            for r in range(G):
+                for c in range(G // 2 + 1):
+                    m = torch.ones(S, S, dtype=x.dtype)
+                    m[16 * r:16 * r + 16, 16 * c:16 * c + 16] = 0
+                    partner = None
+                    if c > 0:
+                        partner = (G - r, G - c) if r > 0 else (0, G - c)
+                        m[16 * partner[0]:16 * partner[0] + 16,
+                          16 * partner[1]:16 * partner[1] + 16] = 0
+                    xi = torch.fft.ifft2(torch.fft.ifftshift(Fs * m, dim=(-2, -1))).real
+                    cls, pcls = net.logits(xi)
+                    for k in range(C):
+                        idx = torch.nonzero(y[:, k] > 0).flatten()[:budget[k]]
+                        L = (F.softplus(-cls[idx, k]).sum() + F.softplus(-pcls[idx, k]).sum())
+                        mat[k, r, c] = L
+                        if partner:
+                            mat[k, partner[0], partner[1]] = L
+            total += mat
+            for k in range(C):
+                used = min(int((y[:, k] > 0).sum()), budget[k])
+                got[k] = got[k] or used > 0
+                budget[k] -= used
+            if all(b == 0 for b in budget):
+                break
+        lmap = F.interpolate(total[None], size=(S, S), mode="bicubic", align_corners=False)[0]
+        top = lmap.flatten(1).max(1).values
+        self.max_loss = top if self.max_loss is None else torch.maximum(self.max_loss, top)
+        for k in range(C):
+            if got[k]:
+                lo = lmap[k].min()
+                d = self.max_loss[k] - lo
+                self.masks[k] = 0 if d == 0 else (lmap[k] - lo) / d
+        return total, self.masks.clone()
+
+
+@pytest.mark.parametrize("S,C,n,cells_per_forward", [(64, 3, 2, 1), (80, 4, 3, 7)])
+def test_fim_matches_literal(S, C, n, cells_per_forward):
+    torch.manual_seed(0)
+    net = build_model(num_classes=C, img_size=S, embed_dim=16, depth=2, num_heads=2,
+                      drop_path_rate=0).double().eval()
+    batches = [(torch.randn(4, 3, S, S, dtype=torch.float64),
+                (torch.rand(4, C) > 0.5).double()) for _ in range(4)]
+    fi = FrequencyInfluence(C, S, images_per_class=n, cells_per_forward=cells_per_forward)
+    ref = LiteralFIM(C, S, n)
+    with torch.no_grad():
+        for _ in range(2):
+            fi.start_round()
+            for x, y in batches:
+                if fi.accumulate(net, x, y):
+                    break
+            masks = fi.finish_round()
+            total, want = ref.round(net, batches)
+            torch.testing.assert_close(fi.loss_matrix, total, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(masks, want, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(fi.max_loss, ref.max_loss, rtol=1e-10, atol=1e-12)
+            net.head.weight.data.mul_(1.3)  # next round sees other losses
+
+
+def test_fim_sharded_rounds_equal_single_process():
+    torch.manual_seed(1)
+    net = build_model(num_classes=3, img_size=64, embed_dim=16, depth=1, num_heads=2,
+                      drop_path_rate=0).double().eval()
+    x, y = torch.randn(5, 3, 64, 64, dtype=torch.float64), (torch.rand(5, 3) > 0.4).double()
+    one = FrequencyInfluence(3, 64, images_per_class=2)
+    one.start_round()
+    with torch.no_grad():
+        one.accumulate(net, x, y)
+    shares = []
+    for rank in range(3):
+        part = FrequencyInfluence(3, 64, images_per_class=2, shard=(rank, 3),
+                                  reduce=lambda t, rank=rank: shares.append(t) or t)
+        part.start_round()
+        with torch.no_grad():
+            part.accumulate(net, x, y)
+    total = shares[0] + shares[1] + shares[2]
+    G = 4
+    writer = one.writer
+    got = torch.zeros(3, G * G, dtype=torch.float64)
+    got[:, writer >= 0] = total[:, writer[writer >= 0]]
+    torch.testing.assert_close(got.reshape(3, G, G), one.loss_matrix)
+
+
+def test_fim_skips_images_no_budget_needs():
+    calls = []
+
+    class Net(torch.nn.Module):
+        def logits(self, x):
+            calls.append(x.shape[0])
+            return torch.zeros(x.shape[0], 2), torch.zeros(x.shape[0], 2)
+
+    fi = FrequencyInfluence(2, 32, images_per_class=1, cells_per_forward=100)
+    fi.start_round()
+    y = torch.tensor([[1.0, 0], [1, 0], [0, 0], [1, 1]])
+    assert fi.accumulate(Net(), torch.randn(4, 3, 32, 32), y)
+    n_cells = len(influence_cells(2))
+    assert calls == [2 * n_cells]  # image 0 (class 0) and image 3 (class 1) only
+
+
+def test_cells_and_partners():
+    cells = influence_cells(4)
+    assert [c for c, _ in cells][:4] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert dict(cells)[(0, 1)] == (0, 3) and dict(cells)[(2, 1)] == (2, 3)
+    assert dict(cells)[(3, 0)] is None and len(cells) == 12
+
+
+def test_suppress_frequencies_zero_masks_and_unlabelled():
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    y = torch.tensor([[1.0, 0], [0, 0], [1, 1]])
+    out, valid = suppress_frequencies(x, y, torch.zeros(2, 32, 32, dtype=torch.float64))
+    torch.testing.assert_close(out, x)
+    assert valid.tolist() == [1.0, 0.0, 1.0]
+    out, _ = suppress_frequencies(x, y, torch.ones(2, 32, 32, dtype=torch.float64))
+    assert out[0].abs().max() < 1e-12 and torch.equal(out[1], x[1])
+
+
+def test_suppress_frequencies_float32_and_bf16_autocast():
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.tensor([[1.0, 1], [0, 1]])
+    m = torch.rand(2, 32, 32)
+    ref, _ = suppress_frequencies(x.double(), y.double(), m.double())
+    out, _ = suppress_frequencies(x, y, m)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out2, _ = suppress_frequencies(x, y, m)
+    torch.testing.assert_close(out2.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def literal_miou(cams, gts, thresholds, K=21):
+    """SPEC section 7 as the reference does it: one full pass per threshold."""
+    res = []
+    for t in thresholds:
+        TP, P, T = np.zeros(K), np.zeros(K), np.zeros(K)
+        for d, gt in zip(cams, gts):
+            vol = np.zeros((K,) + gt.shape, np.float32)
+            for k, m in d.items():
+                vol[k + 1] = m
+            vol[0] = t
+            pred = vol.argmax(0)
+            cal = gt < 255
+            for i in range(K):
+                P[i] += ((pred == i) & cal).sum()
+                T[i] += ((gt == i) & cal).sum()
+                TP[i] += ((gt == i) & (pred == i) & cal).sum()
+        iou = TP / (T + P - TP + 1e-10) * 100
+        res.append(iou)
+    res = np.array(res)
+    return res.mean(1), res
+
+
+def test_cam_miou_matches_literal(tmp_path):
+    rng = np.random.default_rng(0)
+    names, cams, gts = [], [], []
+    for i in range(6):
+        h, w = rng.integers(20, 40, 2)
+        keys = sorted(rng.choice(5, size=rng.integers(0, 3), replace=False).tolist())
+        d = {k: rng.random((h, w)).astype(np.float32) for k in keys}
+        if keys:  # exact ties with a threshold and between classes
+            d[keys[0]][0, :5] = np.float32(0.4)
+        gt = rng.integers(0, 6, (h, w)).astype(np.uint8)
+        gt[rng.random((h, w)) < 0.1] = 255
+        n = f"img{i}"
+        save_cam_dict(str(tmp_path / f"{n}.npy"), d)
+        Image.fromarray(gt).save(tmp_path / f"{n}.png")
+        names.append(n); cams.append(d); gts.append(gt)
+    th = [0.5, 0.4, 0.3, 0.65, 0.0]   # unsorted on purpose
+    miou, ciou = cam_miou(str(tmp_path), str(tmp_path), names, num_classes=21, thresholds=th)
+    want_m, want_c = literal_miou(cams, gts, th)
+    np.testing.assert_allclose(miou, want_m, rtol=1e-12)
+    np.testing.assert_allclose(ciou, want_c, rtol=1e-12)
+    assert miou.shape == (5,) and ciou.shape == (5, 21)
+
+
+def test_thresholds_and_first_peak():
+    th = default_thresholds()
+    assert len(th) == 30 and th[0] == 0.30 and th[-1] == 0.59
+    assert first_peak([0.3, 0.31, 0.32, 0.33], [50, 52, 51, 60]) == (0.31, 52)
+    assert first_peak([0.3, 0.31], [50, 50]) == (0.3, 50)
+
+
+@pytest.mark.parametrize("name", ["s1.npz", "deit-s1.npz", "eval3.npz"])
+def test_reference_conformance(shared_fixture, name):
+    """../shared/tools/conform.py passes every check on the reference fixtures."""
+    path = shared_fixture(name)
+    tool = os.path.join(os.path.dirname(os.path.dirname(path)), "tools", "conform.py")
+    res = subprocess.run([sys.executable, tool, path], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "FAIL" not in res.stdout
