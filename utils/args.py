@@ -16,18 +16,87 @@ def common_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012") -> a
     g.add_argument("--name", required=True,
                    help="experiment name: everything is written under experiment/<name>/")
     g.add_argument("--data-set", "--data_set", dest="data_set", default=data_set,
-                   choices=DATA_SETS, help=f"dataset (default {data_set})")
+                   choices=DATA_SETS, help="dataset")
     g.add_argument("--data-path", "--data_path", dest="data_path", default=data_path,
-                   help=f"dataset root (default {data_path})")
+                   help="dataset root")
     g.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=4,
                    help="DataLoader worker processes (0: load in the main process)")
     g = p.add_argument_group("network and device")
     g.add_argument("--arch", default="deit_small", choices=("deit_small", "deit_tiny", "toy"),
                    help="network width/depth: deit_small (the paper), deit_tiny, or toy (a "
                         "small CPU-friendly network for the synthetic set)")
-    g.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=224,
-                   help="square training size S (multiple of 16)")
+    g.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
+                   help="square training size S, a multiple of 16 (default 224; 96 for the "
+                        "TOY set, whose images are 96 px)")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def default_input_size(args) -> int:
+    """``--input-size`` when given, else 96 for the toy set and 224 otherwise."""
+    if args.input_size is None:
+        return 96 if args.data_set == "TOY" else 224
+    return args.input_size
+
+
+def train_parent(W=(2.0, 2.0), fim_start_epo: int = 2, mpc_cam_start_epo: int = 0,
+                 val_start_epo: int = 9) -> argparse.ArgumentParser:
+    """Training options; VOC and COCO scripts differ only in these defaults."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data lists")
+    g.add_argument("--train_list", default=None,
+                   help="training ids (default: the dataset's, e.g. train_aug.txt for VOC)")
+    g.add_argument("--val_list", default=None,
+                   help="ids for seed validation (default: the dataset's, e.g. train.txt)")
+    g = p.add_argument_group("optimisation (SPEC section 5)")
+    g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64)
+    g.add_argument("--epochs", type=int, default=60)
+    g.add_argument("--lr", type=float, default=5e-4,
+                   help="base learning rate, scaled by batch_size * world_size / 512")
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float,
+                   default=0.05)
+    g.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int,
+                   default=5)
+    g.add_argument("--warmup-lr", "--warmup_lr", dest="warmup_lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", "--min_lr", dest="min_lr", type=float, default=1e-5)
+    g.add_argument("--drop-path", "--drop_path", dest="drop_path", type=float, default=0.1)
+    g.add_argument("--augment", choices=("timm", "light"), default="timm",
+                   help="timm: the reference RandAugment transform; light: resize + flip + "
+                        "shift, no colour change (the toy set's classes are colours)")
+    g.add_argument("--freeze", nargs="*", default=[], metavar="PATTERN",
+                   help="parameter-name patterns (fnmatch) to keep frozen, e.g. "
+                        "'patch_embed.*' 'blocks.[0-2].*'")
+    g = p.add_argument_group("PCSS (SPEC sections 3-4)")
+    g.add_argument("--W", type=float, nargs=2, default=list(W), metavar=("W_FSS", "W_MPC"),
+                   help="loss weights of shortcut suppression and phase concentration "
+                        "(0 0 is the plain multi-class-token model)")
+    g.add_argument("--fim_start_epo", type=int, default=fim_start_epo)
+    g.add_argument("--fim_interval_epo", type=int, default=3)
+    g.add_argument("--fim_ipc", type=int, default=100, help="FIM images per class per round")
+    g.add_argument("--fim_batch_size", type=int, default=64)
+    g.add_argument("--mpc_idx", type=int, default=None,
+                   help="block k after which magnitudes mix (default 7 for the 12-block "
+                        "DeiTs; for other depths round(7 * depth / 12), 2 for toy)")
+    g.add_argument("--mpc_org_ratio", type=float, default=0.3,
+                   help="share of the image's own magnitude in the mix")
+    g.add_argument("--mpc_cam_start_epo", type=int, default=mpc_cam_start_epo)
+    g.add_argument("--reuse-prefix", "--reuse_prefix", dest="reuse_prefix",
+                   action="store_true",
+                   help="reuse blocks 0..mpc_idx of the first pass in the mixed pass (faster; "
+                        "exact only with --drop-path 0, off by default = the reference)")
+    g = p.add_argument_group("weights, validation, runtime")
+    g.add_argument("--finetune", default=None,
+                   help="ImageNet DeiT weights (default pretrained/<arch weights>.pth for "
+                        "deit_small / deit_tiny, none for toy); 'none' trains from scratch")
+    g.add_argument("--val_start_epo", type=int, default=val_start_epo,
+                   help="first epoch with seed validation")
+    g.add_argument("--val-thresholds", "--val_thresholds", dest="val_thresholds", type=float,
+                   nargs=3, default=[0.30, 0.60, 0.01], metavar=("START", "STOP", "STEP"))
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="mixed precision (FFTs stay in float32); fp16 needs a GPU")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from experiment/<name>/ckpt/last.pth")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     return p

@@ -18,22 +18,37 @@ def max_norm(t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return F.relu(t - mn - eps) / (mx - mn + eps)
 
 
+def _flip_rcams(net, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
+                size, n_layers: int) -> torch.Tensor:
+    """Label-weighted ``rcams`` of ``classes`` (``idx``) for the images and their flips
+    (flipped back), upsampled to ``size`` (bilinear) and summed; not normalised."""
+    B = images.shape[0]
+    r = net.rcams(torch.cat([images, images.flip(-1)]), n_layers=n_layers)
+    r = F.interpolate(r[:, idx], size=size, mode="bilinear", align_corners=False)
+    y = labels.to(r.dtype).reshape(B, -1)[:, idx].reshape(B, -1, 1, 1)
+    return r[:B] * y + r[B:].flip(-1) * y
+
+
 @torch.no_grad()
 def cam_maps(net, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
-             n_layers: int = 12) -> torch.Tensor:
+             n_layers: int = 12, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Seeds of ``classes`` for a batch of equally sized images (B x K x H x W).
 
     ``rcams`` of the image and of its horizontal flip (flipped back), upsampled to the
     image size (bilinear), weighted by the label, summed, then ``max_norm``. Both views go
     through the network in one batch; only ``classes`` are upsampled (the others are 0).
+    Multi-scale: for each of ``scales`` the image is resized (bilinear) by that factor and
+    its maps are upsampled straight to H x W; the per-scale maps are averaged before
+    ``max_norm``. The default ``(1.0,)`` is the reference's single-scale seed.
     """
     B, _, H, W = images.shape
     idx = torch.as_tensor(list(classes), dtype=torch.long, device=images.device)
-    r = net.rcams(torch.cat([images, images.flip(-1)]), n_layers=n_layers)
-    r = F.interpolate(r[:, idx], size=(H, W), mode="bilinear", align_corners=False)
-    y = labels.to(r.dtype).reshape(B, -1)[:, idx].reshape(B, -1, 1, 1)
-    cams = r[:B] * y + r[B:].flip(-1) * y
-    return max_norm(cams)
+    total = 0
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(
+            images, size=(round(H * s), round(W * s)), mode="bilinear", align_corners=False)
+        total = total + _flip_rcams(net, x, labels, idx, (H, W), n_layers)
+    return max_norm(total / len(scales))
 
 
 def label_classes(label: torch.Tensor) -> list:
@@ -42,11 +57,16 @@ def label_classes(label: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def cam_dict(net, image: torch.Tensor, label: torch.Tensor, n_layers: int = 12) -> Dict[int, np.ndarray]:
-    """``{class index: H x W map}`` for one 1 x 3 x H x W image and its C-vector label."""
+def cam_dict(net, image: torch.Tensor, label: torch.Tensor, n_layers: int = 12,
+             scales: Sequence[float] = (1.0,)) -> Dict[int, np.ndarray]:
+    """``{class index: H x W map}`` for one 1 x 3 x H x W image and its C-vector label
+    (``scales``: see ``cam_maps``)."""
     classes = label_classes(label)
     if not classes:
         return {}
-    maps = cam_maps(net, image, label.reshape(1, -1).to(image.device), classes, n_layers)[0]
+    maps = cam_maps(net, image, label.reshape(1, -1).to(image.device), classes, n_layers,
+                    scales)[0]
+    if maps.dtype in (torch.float16, torch.bfloat16):  # under autocast
+        maps = maps.float()
     maps = maps.cpu().numpy()
     return {k: maps[i] for i, k in enumerate(classes)}

@@ -1,0 +1,104 @@
+"""train_PCSS.py end to end on the synthetic toy set (issue 4): checkpoints, the JSON log,
+the FIM schedule, resume, torchrun with two CPU processes, and the up-front errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train_PCSS.py")
+
+
+def run(args, cwd, timeout=300, torchrun=False):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", TRAIN] + args
+    else:
+        cmd = [sys.executable, TRAIN] + args
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from datasets.toy import make_toy
+    root = tmp_path_factory.mktemp("toy")
+    make_toy(str(root / "toy"), num_images=40, seed=0)
+    return root
+
+
+def base_args(name, toy, epochs):
+    return ["--name", name, "--data-set", "TOY", "--data-path", str(toy / "toy"),
+            "--arch", "toy", "--epochs", str(epochs), "--batch_size", "8",
+            "--num_workers", "0", "--finetune", "none", "--val_start_epo", "3",
+            "--device", "cpu", "--fim_ipc", "4", "--no-tensorboard"]
+
+
+def log_lines(toy, name):
+    with open(toy / "experiment" / name / "log.txt") as f:
+        return [json.loads(l) for l in f]
+
+
+@pytest.fixture(scope="module")
+def full_run(toy):
+    res = run(base_args("full", toy, 4), toy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return log_lines(toy, "full")
+
+
+def test_four_epochs_write_checkpoints_and_log(toy, full_run):
+    ckpt = toy / "experiment" / "full" / "ckpt"
+    for e in range(4):
+        sd = torch.load(ckpt / f"{e:03d}net_trm.pth", weights_only=True)
+        assert "head.weight" in sd and sd["cls_token"].shape[1] == 4
+    assert [l["epoch"] for l in full_run] == [0, 1, 2, 3]
+    keys = {"epoch", "lr", "loss_cls", "loss_cls_fss", "loss_cam_fss", "loss_cls_mpc",
+            "loss_cam_mpc"}
+    assert all(keys <= set(l) for l in full_run)
+    # FIM round after epoch 2 -> FSS from epoch 3 on
+    assert [l["loss_cam_fss"] == 0 for l in full_run] == [True, True, True, False]
+    assert full_run[3]["loss_cam_fss"] > 0
+    assert ["miou" in l for l in full_run] == [False, False, False, True]
+    assert 0 <= full_run[3]["miou"] <= 100 and 0.3 <= full_run[3]["threshold"] < 0.6
+    assert (toy / "experiment" / "full" / "fim" / "masks_epoch002.png").is_file()
+    text = (toy / "experiment" / "full" / "train.log").read_text()
+    assert "git revision" in text and "mpc_org_ratio" in text
+
+
+def test_resume_gives_the_same_log(toy, full_run):
+    res = run(base_args("resumed", toy, 2), toy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run(base_args("resumed", toy, 4) + ["--resume"], toy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = log_lines(toy, "resumed")
+    assert len(resumed) == 4
+    for a, b in zip(resumed, full_run):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), (a["epoch"], k)
+
+
+def test_torchrun_two_cpu_processes(toy):
+    args = base_args("ddp", toy, 4)
+    res = run(args, toy, torchrun=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    lines = log_lines(toy, "ddp")
+    assert [l["epoch"] for l in lines] == [0, 1, 2, 3]   # each epoch logged once
+    assert lines[3]["loss_cam_fss"] > 0 and "miou" in lines[3]
+
+
+def test_missing_data_and_weights_fail_fast(tmp_path):
+    res = run(["--name", "x", "--data-set", "TOY", "--data-path", str(tmp_path / "nope"),
+               "--device", "cpu"], tmp_path, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "data directory not found" in res.stderr and "datasets.toy" in res.stderr
+    os.makedirs(tmp_path / "voc")
+    res = run(["--name", "x", "--data-path", str(tmp_path / "voc"), "--device", "cpu",
+               "--finetune", str(tmp_path / "missing.pth")], tmp_path, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "pretrained weights not found" in res.stderr and "--finetune none" in res.stderr
+    assert not (tmp_path / "experiment").exists()

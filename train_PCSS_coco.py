@@ -1,0 +1,16 @@
+"""Train PCSS on MS COCO 2014: train_PCSS.py with the COCO defaults of SPEC section 3
+(W = 0.4 0.4, FIM from epoch 3, MPC CAM loss from epoch 3, validation from epoch 10).
+
+    python train_PCSS_coco.py --name pcss_coco --data-path data/COCO2014
+"""
+from train_PCSS import get_args_parser, main
+from utils.errors import run_main
+
+
+def get_coco_args_parser():
+    return get_args_parser("COCO", "data/COCO2014", W=(0.4, 0.4), fim_start_epo=3,
+                           mpc_cam_start_epo=3, val_start_epo=10)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_coco_args_parser().parse_args()))

@@ -1,0 +1,51 @@
+"""Crash-safe checkpoint files and RNG state (DINO's ``restart_from_checkpoint`` habit)."""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    """All RNG states as tensors and plain Python values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_training_state(path: str) -> Dict[str, Any]:
+    """Read a full training checkpoint written by the engine (tensors and plain values
+    only, so it loads with ``weights_only=True`` like every other file)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise UserError(f"--resume: cannot read {path} ({e}); it may be truncated") from None
