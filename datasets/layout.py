@@ -52,7 +52,8 @@ class Layout:
     def image_path(self, image_id: str) -> str:
         if self.data_set == "COCO":
             split = coco_split(image_id, self.root)
-            return os.path.join(self.root, f"{split}2014", f"COCO_{split}2014_{image_id}.jpg")
+            return os.path.join(self.root, f"{split}2014",
+                                f"COCO_{split}2014_{coco_id(image_id)}.jpg")
         return os.path.join(self.root, "JPEGImages", image_id + ".jpg")
 
     def gt_dir(self, image_id: Optional[str] = None) -> str:
@@ -71,8 +72,16 @@ class Layout:
 
     def gt_name(self, image_id: str) -> str:
         if self.data_set == "COCO":
-            return f"COCO_{coco_split(image_id, self.root)}2014_{image_id}.png"
+            return f"COCO_{coco_split(image_id, self.root)}2014_{coco_id(image_id)}.png"
         return image_id + ".png"
+
+
+def coco_id(image_id: str) -> str:
+    """The bare id: ``000000000009`` for ``COCO_train2014_000000000009`` (others as given)."""
+    for prefix in ("COCO_train2014_", "COCO_val2014_"):
+        if image_id.startswith(prefix):
+            return image_id[len(prefix):]
+    return image_id
 
 
 def coco_split(image_id: str, root: str = "") -> str:

@@ -1,8 +1,9 @@
 """Safe readers for the files the pipeline exchanges.
 
-CAM dicts are ``np.save(path, {class: H x W array})`` files, i.e. pickles. Loading them with
-``allow_pickle=True`` would run whatever a crafted file asks for; ``load_cam_dict`` instead
-unpickles with an allow-list of the numpy constructors such a dict needs.
+CAM dicts (``np.save(path, {class: H x W array})``) and ``cls_labels.npy`` (``{image id:
+label vector}``) are pickles. Loading them with ``allow_pickle=True`` would run whatever a
+crafted file asks for; ``load_npy_dict`` instead unpickles with an allow-list of the numpy
+constructors such a dict needs.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden object {module}.{name} in a CAM dict file")
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name} in a pickled dict file")
 
 
-def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
-    """Read a CAM dict saved with ``np.save`` (keys: 0-based class indices)."""
+def load_npy_dict(path: str) -> dict:
+    """Read a dict saved with ``np.save(path, dict)``, keys as stored, without running code."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -37,11 +38,16 @@ def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
         if dtype.hasobject:
             obj = _NumpyOnlyUnpickler(f).load()
             obj = obj.item() if isinstance(obj, np.ndarray) else obj
-        else:  # a plain array: C x H x W with keys = all classes is not a dict
-            raise ValueError(f"{path} holds a {dtype} array of shape {shape}, not a CAM dict")
+        else:  # e.g. a C x H x W CAM array: not a dict
+            raise ValueError(f"{path} holds a {dtype} array of shape {shape}, not a dict")
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a dict of class maps")
-    return {int(k): np.asarray(v) for k, v in obj.items()}
+        raise ValueError(f"{path} does not hold a dict")
+    return obj
+
+
+def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
+    """Read a CAM dict saved with ``np.save`` (keys: 0-based class indices)."""
+    return {int(k): np.asarray(v) for k, v in load_npy_dict(path).items()}
 
 
 def save_cam_dict(path: str, cams: Dict[int, np.ndarray]) -> None:
