@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -115,21 +115,28 @@ def first_item(batch):
 
 
 @torch.no_grad()
-def generate_seeds(model, loader, out_dir: str, device: torch.device, amp: str = "none",
-                   n_layers: int = 12, progress: bool = True, desc: str = "seeds") -> int:
+def generate_seeds(model, loader, device: torch.device,
+                   write: Callable[[str, Dict[int, np.ndarray]], None], amp: str = "none",
+                   n_layers: int = 12, scales: Sequence[float] = (1.0,),
+                   progress: bool = True, desc: str = "seeds") -> int:
     """CAM dicts (SPEC section 6) of every item ``(image, label, id)`` of ``loader``
-    (collated with ``first_item``) to ``out_dir/<id>.npy``. Returns the count written."""
+    (collated with ``first_item``), handed to ``write(id, cams)``. Returns the count."""
     model.eval()
-    os.makedirs(out_dir, exist_ok=True)
     n = 0
     for image, label, image_id in tqdm(loader, desc=desc, unit="img", dynamic_ncols=True,
                                        disable=not progress):
         with autocast_context(device, amp):
             cams = cam_dict(model, image.unsqueeze(0).to(device, non_blocking=True), label,
-                            n_layers=n_layers)
-        save_cam_dict(os.path.join(out_dir, f"{image_id}.npy"), cams)
+                            n_layers=n_layers, scales=scales)
+        write(image_id, cams)
         n += 1
     return n
+
+
+def dict_writer(out_dir: str) -> Callable[[str, Dict[int, np.ndarray]], None]:
+    """A ``generate_seeds`` writer: ``out_dir/<id>.npy`` CAM dicts."""
+    os.makedirs(out_dir, exist_ok=True)
+    return lambda image_id, cams: save_cam_dict(os.path.join(out_dir, f"{image_id}.npy"), cams)
 
 
 def validate(model, loader, names: Sequence[str], gt_files: Sequence[str], out_dir: str,
@@ -139,8 +146,8 @@ def validate(model, loader, names: Sequence[str], gt_files: Sequence[str], out_d
     """Seeds of this rank's share of the validation list (``loader``), then on the main
     process the threshold search of SPEC section 7 over all ``names``. Returns
     ``(miou, threshold, miou_per_threshold)`` on the main process, None elsewhere."""
-    generate_seeds(model, loader, out_dir, device, amp, progress=progress and info.is_main,
-                   desc="validation seeds")
+    generate_seeds(model, loader, device, dict_writer(out_dir), amp,
+                   progress=progress and info.is_main, desc="validation seeds")
     barrier(info)
     if not info.is_main:
         return None
@@ -170,3 +177,25 @@ def save_mask_figure(masks: torch.Tensor, class_names: Sequence[str], path: str)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pretrain_one_epoch(model, loader, optimizer, device: torch.device, mask_ratio: float = 0.4,
+                       noise_std: float = 1.0, epoch: int = 0, progress: bool = True) -> float:
+    """One epoch of the toy set's self-supervised stand-in for ImageNet pre-training
+    (``models.pretrain.ColourDenoiser``); returns the mean loss."""
+    from models.pretrain import corrupt
+
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"pretrain {epoch}", unit="batch", dynamic_ncols=True,
+               disable=not progress)
+    for images, _ in bar:
+        images = images.to(device, non_blocking=True)
+        loss = model.loss(images, corrupt(images, mask_ratio, noise_std))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * images.shape[0]
+        count += images.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    return total / max(count, 1)

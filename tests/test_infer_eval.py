@@ -1,0 +1,275 @@
+"""infer_PCSS.py and evaluation.py on the synthetic toy set (CPU).
+
+The scripts run as users run them (a subprocess with the experiment folder under its working
+directory) where exit codes, stderr and the absence of tracebacks matter; the other checks call
+the scripts' ``main`` in-process to keep the number of torch start-ups small.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluation
+import infer_PCSS
+from datasets.layout import TOY_CLASSES
+from datasets.toy import make_toy
+from datasets.wsss import build_dataset
+from models import build_arch
+from utils.cam import cam_dict, label_classes
+from utils.errors import UserError
+from utils.evaluation import cam_miou
+from utils.io import load_cam_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = ["--data-set", "TOY", "--data-path", "data", "--arch", "toy", "--num_workers", "0"]
+THRESHOLDS = ["--thresholds", "0.30", "0.80", "0.01"]
+
+
+def run_script(script, *args, cwd):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_error(proc, message):
+    assert proc.returncode != 0, proc.stdout
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def toy_net():
+    torch.manual_seed(0)
+    return build_arch("toy", len(TOY_CLASSES), img_size=96, drop_path_rate=0.0).eval()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A working directory with ``data/`` (12 toy images, 6 of them in val.txt) and
+    ``w.pth``, a bare state dict of a randomly initialised toy network."""
+    d = tmp_path_factory.mktemp("infer_eval")
+    make_toy(str(d / "data"), 12, seed=0, val_fraction=0.5)
+    torch.save(toy_net().state_dict(), d / "w.pth")
+    return d
+
+
+@pytest.fixture(scope="module")
+def inferred(work):
+    """``infer_PCSS.py --dict --png --vis`` run once as a subprocess (name ``run``)."""
+    proc = run_script("infer_PCSS.py", "--name", "run", "--load_pretrained", "w.pth",
+                      "--dict", "--png", "--vis", "--threshold", "0.4", *DATA, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    return work
+
+
+@pytest.fixture(scope="module")
+def evaluated(inferred):
+    """``evaluation.py --task cam --json out.json`` run once as a subprocess."""
+    proc = run_script("evaluation.py", "--name", "run", "--task", "cam", "--json", "out.json",
+                      *THRESHOLDS, *DATA, cwd=inferred)
+    assert proc.returncode == 0, proc.stderr
+    return inferred, proc
+
+
+def toy_items(work):
+    return build_dataset("TOY", str(work / "data"),
+                         str(work / "data/ImageSets/Segmentation/val.txt"), "infer")
+
+
+def exp(work, *parts):
+    return os.path.join(str(work), "experiment", "run", *parts)
+
+
+def infer_in_process(work, monkeypatch, *args):
+    monkeypatch.chdir(work)
+    infer_PCSS.main(infer_PCSS.get_args_parser().parse_args(
+        ["--name", "run", "--load_pretrained", "w.pth", *DATA, *args]))
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_dicts_equal_cam_dict(inferred):
+    net = toy_net()
+    ds = toy_items(inferred)
+    assert sorted(os.listdir(exp(inferred, "dict"))) == sorted(i + ".npy" for i in ds.ids)
+    for image, label, image_id in ds:
+        got = load_cam_dict(exp(inferred, "dict", image_id + ".npy"))
+        want = cam_dict(net, image[None], label)
+        assert sorted(got) == label_classes(label) == sorted(want)
+        for k, v in got.items():
+            assert v.dtype == np.float32 and v.shape == image.shape[1:]
+            assert v.min() >= 0 and v.max() <= 1
+            np.testing.assert_allclose(v, want[k], rtol=0, atol=1e-6)
+
+
+def test_png_is_thresholded_argmax(inferred):
+    for image_id in toy_items(inferred).ids:
+        with Image.open(exp(inferred, "png", image_id + ".png")) as im:
+            assert im.mode == "P"
+            assert im.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]   # VOC palette
+            got = np.asarray(im)
+        cams = load_cam_dict(exp(inferred, "dict", image_id + ".npy"))
+        scores = np.zeros((1 + len(TOY_CLASSES),) + got.shape, np.float32)
+        scores[0] = 0.4
+        for k, v in cams.items():
+            scores[k + 1] = v
+        np.testing.assert_array_equal(got, np.argmax(scores, axis=0))
+
+
+def test_vis_jpegs(inferred):
+    for image, label, image_id in toy_items(inferred):
+        with Image.open(exp(inferred, "vis", image_id + ".jpg")) as im:
+            assert im.format == "JPEG"
+            H, W = image.shape[1:]
+            assert im.size == (W * (1 + len(label_classes(label))), H + 20)
+
+
+def test_pseudo_label_background_wins_ties():
+    cams = {2: np.full((3, 4), 0.4, np.float32)}
+    assert (infer_PCSS.pseudo_label(cams, 0.4, (3, 4)) == 0).all()
+    assert (infer_PCSS.pseudo_label(cams, 0.39, (3, 4)) == 3).all()
+    assert (infer_PCSS.pseudo_label({}, 0.1, (3, 4)) == 0).all()
+
+
+def test_multiscale_averages_before_normalising(work):
+    net = toy_net()
+    image, label, _ = toy_items(work)[0]
+    one = cam_dict(net, image[None], label)
+    twice = cam_dict(net, image[None], label, scales=(1.0, 1.0))
+    multi = cam_dict(net, image[None], label, scales=(1.0, 0.5))
+    for k in one:
+        np.testing.assert_allclose(twice[k], one[k], rtol=0, atol=1e-6)
+        assert multi[k].shape == one[k].shape
+        assert multi[k].min() >= 0 and multi[k].max() <= 1
+        assert not np.allclose(multi[k], one[k], atol=1e-3)
+
+
+@pytest.mark.skipif(not infer_PCSS.crf_available(), reason="pydensecrf2 not installed")
+def test_crf_label_follows_the_cam():
+    rgb = np.full((40, 40, 3), 30, np.uint8)
+    rgb[10:30, 10:30] = 220
+    cam = np.zeros((40, 40), np.float32)
+    cam[12:28, 12:28] = 0.9
+    got = infer_PCSS.crf_label(rgb, {1: cam}, alpha=4)
+    assert (got[15:25, 15:25] == 2).all() and (got[:5] == 0).all()
+
+
+def test_skip_existing_and_overwrite(inferred, monkeypatch, capsys):
+    ids = toy_items(inferred).ids
+    paths = [exp(inferred, "dict", i + ".npy") for i in ids]
+    for p in paths:
+        os.utime(p, (1e9, 1e9))
+    os.remove(paths[0])
+    infer_in_process(inferred, monkeypatch, "--dict")
+    assert f"{len(ids) - 1} of this process's {len(ids)} already done" in capsys.readouterr().out
+    assert os.path.getmtime(paths[0]) > 1e9                       # recomputed
+    assert all(os.path.getmtime(p) == 1e9 for p in paths[1:])     # skipped
+    infer_in_process(inferred, monkeypatch, "--dict", "--overwrite")
+    assert all(os.path.getmtime(p) > 1e9 for p in paths)
+
+
+# -------------------------------------------------------------------------- evaluation
+def test_evaluation_json_agrees_with_cam_miou(evaluated):
+    work, proc = evaluated
+    ids = toy_items(work).ids
+    th = np.round(np.arange(0.30, 0.80 - 1e-9, 0.01), 2)
+    miou, class_iou = cam_miou(exp(work, "dict"), str(work / "data/SegmentationClass"), ids,
+                               1 + len(TOY_CLASSES), th)
+    with open(work / "out.json") as f:
+        res = json.load(f)
+    with open(exp(work, "eval_cam.json")) as f:
+        assert json.load(f) == res
+    np.testing.assert_allclose(res["thresholds"], th)
+    np.testing.assert_allclose(res["miou"], miou, rtol=1e-12)
+    best = int(np.argmax(miou))
+    assert res["best_threshold"] == pytest.approx(th[best])
+    assert res["best_miou"] == pytest.approx(miou[best])
+    assert list(res["class_iou"]) == ["background", *TOY_CLASSES]
+    np.testing.assert_allclose(list(res["class_iou"].values()), class_iou[best])
+    assert f"best mIoU {miou[best]:.2f} at threshold {th[best]:.2f}" in proc.stdout
+    assert os.path.isfile(exp(work, "miou_vs_threshold.png"))
+
+
+def test_png_threshold_defaults_to_best_of_evaluation(evaluated, monkeypatch, capsys):
+    work, _ = evaluated
+    with open(exp(work, "eval_cam.json")) as f:
+        cam = json.load(f)
+    infer_in_process(work, monkeypatch, "--png", "--overwrite")
+    assert f"--png threshold {cam['best_threshold']:.2f}" in capsys.readouterr().out
+    args = evaluation.get_args_parser().parse_args(["--name", "run", "--task", "png", *DATA])
+    png = evaluation.evaluate(args)
+    assert png["best_miou"] == pytest.approx(cam["best_miou"], abs=1e-9)
+
+
+def test_evaluation_does_not_import_torch():
+    code = "import evaluation, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------ errors
+class _WritesMarker:
+    """Unpickling this object would create ``path`` (what a hostile checkpoint could do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_that_runs_code_is_refused(work):
+    marker = work / "pwned"
+    torch.save({"model": _WritesMarker(str(marker))}, work / "evil.pth")
+    proc = run_script("infer_PCSS.py", "--name", "evil", "--load_pretrained", "evil.pth",
+                      *DATA, cwd=work)
+    assert_clean_error(proc, "refusing to load evil.pth")
+    assert not marker.exists()
+
+
+def test_missing_checkpoint_is_a_clean_error(work):
+    proc = run_script("infer_PCSS.py", "--name", "run", "--load_epo", "5", *DATA, cwd=work)
+    assert_clean_error(proc, "checkpoint not found: experiment/run/ckpt/005net_trm.pth "
+                             "(no epoch checkpoints saved)")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--val_list", "nope.txt"], "list file not found: nope.txt"),
+    (["--data-path", "no_data"], "data directory not found: no_data"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
+    pytest.param(["--crf"], "pip install pydensecrf2", marks=pytest.mark.skipif(
+        infer_PCSS.crf_available(), reason="pydensecrf2 is installed")),
+])
+def test_infer_input_errors(work, monkeypatch, args, message):
+    """Raised as ``UserError`` (which ``run_main`` prints without a traceback, as the
+    subprocess tests show) before any image is processed."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        infer_in_process(work, monkeypatch, *args)
+
+
+def test_wrong_architecture_names_the_keys(work):
+    with pytest.raises(UserError, match="checkpoint does not match"):
+        infer_PCSS.load_network("deit_tiny", len(TOY_CLASSES), 96, str(work / "w.pth"),
+                                torch.device("cpu"))
+
+
+def test_evaluation_errors_are_clear(inferred):
+    work = inferred
+    (work / "empty_gt").mkdir(exist_ok=True)
+    with open(work / "plus_one.txt", "w") as f:
+        f.write("\n".join(toy_items(work).ids + ["toy_99999"]) + "\n")
+    cases = [
+        (["--name", "nothing"], "prediction folder not found: experiment/nothing/dict"),
+        (["--name", "run", "--task", "crf"], "--task crf needs --dict_dir"),
+        (["--name", "run", "--list", "nope.txt"], "list file not found: nope.txt"),
+        (["--name", "run", "--list", "plus_one.txt"], "1 CAM dicts in experiment/run/dict "
+                                                      "missing: experiment/run/dict/toy_99999.npy"),
+        (["--name", "run", "--gt_dir", "empty_gt"], "6 ground-truth PNGs in empty_gt missing"),
+    ]
+    for args, message in cases:
+        assert_clean_error(run_script("evaluation.py", *args, *DATA, cwd=work), message)
