@@ -9,7 +9,6 @@ other paths (``logits``, the frequency-suppressed forward of training) use
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 

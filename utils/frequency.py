@@ -8,7 +8,7 @@ FFTs always run in float32 or wider: under autocast their inputs are promoted to
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
