@@ -152,14 +152,18 @@ def prepare_coco(data_path: str) -> Dict[str, int]:
     return {lay.label_file: len(labels), **{p: len(v) for p, v in lists.items()}}
 
 
-def main(argv=None) -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Write the id lists and cls_labels.npy of VOC 2012 or COCO 2014.")
     p.add_argument("--data-set", "--data_set", dest="data_set", required=True,
                    choices=("VOC12", "COCO"))
     p.add_argument("--data-path", "--data_path", dest="data_path", required=True,
                    help="dataset root, e.g. data/VOC2012 or data/COCO2014")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
     prepare = prepare_voc if args.data_set == "VOC12" else prepare_coco
     for path, n in prepare(args.data_path).items():
         print(f"wrote {path} ({n} ids)")

@@ -165,7 +165,7 @@ def make_toy(out: str, num_images: int, seed: int, size: int = 96, shortcut: boo
     return lay
 
 
-def main(argv=None) -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Write the synthetic toy segmentation set "
                                             "(VOC layout, 4 classes).")
     p.add_argument("--out", required=True, help="output folder, e.g. data/TOY")
@@ -176,7 +176,11 @@ def main(argv=None) -> None:
                    help="in half the images, grey stripes of a present class in the background")
     p.add_argument("--val-fraction", "--val_fraction", dest="val_fraction", type=float,
                    default=0.2)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
     start = time.time()
     lay = make_toy(args.out, args.num_images, args.seed, args.size, args.shortcut,
                    args.val_fraction, progress=True)
