@@ -77,22 +77,31 @@ def deit_to_mct(deit: Mapping[str, torch.Tensor], model) -> StateDict:
         elif k == "pos_embed" and v.shape[1] != own[k].shape[1]:
             v = _resample_pos_embed(v, C, model.grid)
         out[k] = v
-    missing = [k for k in own if k not in out and not k.startswith("head.")]
-    unexpected = [k for k in out if k not in own]
-    wrong = [f"{k} {tuple(out[k].shape)} vs {tuple(own[k].shape)}"
-             for k in out if k in own and out[k].shape != own[k].shape]
+    problems = key_mismatches(out, own, optional=("head.",))
+    if problems:
+        raise UserError(f"the DeiT checkpoint does not fit this model ({problems}). Use the "
+                        f"ImageNet DeiT weights of the same --arch, e.g. "
+                        f"deit_small_patch16_224-cd65a155.pth for deit_small.")
+    return out
+
+
+def key_mismatches(got: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+                   optional=()) -> str:
+    """What keeps ``got`` from loading strictly into a model with state ``own``: missing
+    keys (except those starting with ``optional``), unexpected keys, shape mismatches.
+    An empty string when it fits."""
+    missing = [k for k in own if k not in got and not k.startswith(tuple(optional))]
+    unexpected = [k for k in got if k not in own]
+    wrong = [f"{k} {tuple(got[k].shape)} vs {tuple(own[k].shape)}"
+             for k in got if k in own and got[k].shape != own[k].shape]
     problems = []
     if missing:
         problems.append(describe_missing(missing, "keys"))
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}")
+        problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:8])}")
     if wrong:
         problems.append(f"shape mismatches: {', '.join(wrong[:8])}")
-    if problems:
-        raise UserError("the DeiT checkpoint does not fit this model (" + "; ".join(problems)
-                        + "). Use the ImageNet DeiT weights of the same --arch, e.g. "
-                        "deit_small_patch16_224-cd65a155.pth for deit_small.")
-    return out
+    return "; ".join(problems)
 
 
 def _resample_pos_embed(pos: torch.Tensor, num_classes: int, grid: int) -> torch.Tensor:
@@ -119,19 +128,8 @@ def init_from_deit(net, path_or_state_dict) -> None:
 def load_model_weights(net, path_or_state_dict) -> None:
     """Strictly load a model state dict (e.g. the released PCSS checkpoint)."""
     sd = _as_state_dict(path_or_state_dict)
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-             for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(describe_missing(missing, "keys"))
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:5])}")
-        if wrong:
-            parts.append(f"shape mismatches: {', '.join(wrong[:5])}")
-        raise UserError("checkpoint does not match the model (" + "; ".join(parts) + "). "
-                        "Check --arch and --data-set (number of classes).")
+    problems = key_mismatches(sd, net.state_dict())
+    if problems:
+        raise UserError(f"checkpoint does not match the model ({problems}). Check --arch and "
+                        f"--data-set (number of classes).")
     net.load_state_dict(sd, strict=True)

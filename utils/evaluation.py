@@ -82,6 +82,22 @@ def _check_files(paths: Sequence[str], what: str, hint: str) -> None:
         raise UserError(describe_missing(missing, what) + f". {hint}")
 
 
+def _pairs(pred_dir: str, ext: str, gt_dir: str, names: Sequence[str],
+           gt_files: Optional[Sequence[str]], hint: str) -> Tuple[list, list]:
+    """Prediction and ground-truth paths of ``names``, all checked to exist."""
+    names = [str(n) for n in names]
+    if not names:
+        raise UserError("the image list is empty: nothing to evaluate")
+    preds = [os.path.join(pred_dir, n + ext) for n in names]
+    gts = (list(gt_files) if gt_files is not None
+           else [os.path.join(gt_dir, n + ".png") for n in names])
+    what = "CAM dicts" if ext == ".npy" else "prediction PNGs"
+    _check_files(preds, f"{what} in {pred_dir}", hint)
+    _check_files(gts, f"ground-truth PNGs in {gt_dir or 'the dataset'}",
+                 "Check --gt_dir / --data-path.")
+    return preds, gts
+
+
 def _map_files(fn: Callable[[str], np.ndarray], names: Sequence[str], workers: int,
                progress: bool, desc: str) -> np.ndarray:
     """Sum ``fn(name)`` over names, reading files in a thread pool (I/O and numpy release
@@ -122,15 +138,9 @@ def cam_confusions(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes
     ``gt_files`` (one path per name) replaces ``gt_dir/<name>.png`` (COCO's file names)."""
     th = default_thresholds() if thresholds is None else np.asarray(thresholds, np.float64)
     order = np.argsort(th, kind="stable")
-    names = [str(n) for n in names]
-    if not names:
-        raise UserError("the image list is empty: nothing to evaluate")
-    preds = [os.path.join(pred_dir, n + ".npy") for n in names]
-    gts = list(gt_files) if gt_files is not None else [os.path.join(gt_dir, n + ".png")
-                                                         for n in names]
-    _check_files(preds, f"CAM dicts in {pred_dir}", "Run infer_PCSS.py --dict for this list "
-                 "first, or point --dict_dir at the right folder.")
-    _check_files(gts, f"ground-truth PNGs in {gt_dir}", "Check --gt_dir / --data-path.")
+    preds, gts = _pairs(pred_dir, ".npy", gt_dir, names, gt_files,
+                        "Run infer_PCSS.py --dict for this list first, or point --dict_dir "
+                        "at the right folder.")
     K = num_classes
     th_sorted = th[order]
 
@@ -172,13 +182,9 @@ def png_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int 
              workers: Optional[int] = None, progress: bool = False,
              gt_files: Optional[Sequence[str]] = None) -> Tuple[float, np.ndarray]:
     """mIoU and per-class IoU (percent) of index PNG predictions (pseudo labels, CRF)."""
-    names = [str(n) for n in names]
-    preds = [os.path.join(pred_dir, n + ".png") for n in names]
-    gts = list(gt_files) if gt_files is not None else [os.path.join(gt_dir, n + ".png")
-                                                         for n in names]
-    _check_files(preds, f"prediction PNGs in {pred_dir}", "Run infer_PCSS.py with --png or "
-                 "--crf first, or point --dict_dir at the right folder.")
-    _check_files(gts, f"ground-truth PNGs in {gt_dir}", "Check --gt_dir / --data-path.")
+    preds, gts = _pairs(pred_dir, ".png", gt_dir, names, gt_files,
+                        "Run infer_PCSS.py with --png or --crf first, or point --dict_dir at "
+                        "the right folder.")
 
     def one(i):
         return label_confusion(read_label_png(preds[i]), read_label_png(gts[i]), num_classes)
