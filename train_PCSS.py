@@ -78,14 +78,24 @@ def freeze(model, patterns) -> int:
     return n
 
 
-def make_loader(dataset, batch_size, num_workers, device, shuffle, seed, sampler=None,
-                drop_last=False, collate_fn=None):
+def make_loader(dataset, batch_size, num_workers, device, shuffle=False, sampler=None,
+                drop_last=False, collate_fn=None, persistent=False):
+    """A DataLoader whose shuffling follows ``loader.generator`` (reseeded per epoch with
+    ``reseed``), so that an epoch's order depends on the seed and the epoch alone."""
     g = torch.Generator()
-    g.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers, generator=g,
                       pin_memory=device.type == "cuda", drop_last=drop_last,
-                      persistent_workers=False, collate_fn=collate_fn)
+                      persistent_workers=persistent and num_workers > 0,
+                      collate_fn=collate_fn)
+
+
+def reseed(loader, seed: int, epoch: int):
+    """Set the loader's shuffling (and worker seeds) for ``epoch``; returns the loader."""
+    loader.generator.manual_seed(seed * 1000 + epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    return loader
 
 
 def trim_log(path: str, first_epoch: int) -> None:
@@ -191,32 +201,30 @@ def run(args, device, info) -> None:
                  if validating else None)
     thresholds = default_thresholds(*args.val_thresholds)
 
+    loader = make_loader(train_ds, args.batch_size, args.num_workers, device, shuffle=True,
+                         sampler=sampler, drop_last=True, persistent=True)
+    vloader = (make_loader(val_share, 1, args.num_workers, device, collate_fn=first_item)
+               if validating else None)
+    floader = (make_loader(fim_ds, args.fim_batch_size, args.num_workers, device, shuffle=True)
+               if fim_ds is not None else None)
     for epoch in range(start_epoch, args.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = make_loader(train_ds, args.batch_size, args.num_workers, device, True,
-                             args.seed * 1000 + epoch, sampler, drop_last=True)
         stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        stats.update(train_one_epoch(model, loader, optimizer, device, epoch, cfg,
-                                     fim.masks if epoch > cfg.fim_start_epoch else None,
-                                     args.amp, scaler, info))
+        masks = fim.masks if epoch > cfg.fim_start_epoch else None
+        stats.update(train_one_epoch(model, reseed(loader, args.seed, epoch), optimizer,
+                                     device, epoch, cfg, masks, args.amp, scaler, info))
         if info.is_main:
             atomic_save(model_without_ddp.state_dict(),
                         os.path.join(ckpt_dir, f"{epoch:03d}net_trm.pth"))
         schedule.step(epoch + 1)
         if validating and epoch >= args.val_start_epo:
-            vloader = make_loader(val_share, 1, args.num_workers, device, False, 0,
-                                  collate_fn=first_item)
             result = validate(model_without_ddp, vloader, val_names,
                               [lay.gt_path(n) for n in val_names], os.path.join(out_dir, "dict"),
                               device, thresholds, lay.num_classes, args.amp, info)
             if result is not None:
                 stats["miou"], stats["threshold"] = result[0], result[1]
         if cfg.fim_due(epoch):
-            floader = make_loader(fim_ds, args.fim_batch_size, args.num_workers, device, True,
-                                  args.seed * 1000 + epoch)
-            masks = fim_round(model_without_ddp, floader, fim, device, args.amp,
-                              progress=info.is_main)
+            masks = fim_round(model_without_ddp, reseed(floader, args.seed, epoch), fim,
+                              device, args.amp, progress=info.is_main)
             if info.is_main:
                 save_mask_figure(masks, lay.classes,
                                  os.path.join(out_dir, "fim", f"masks_epoch{epoch:03d}.png"))

@@ -32,10 +32,11 @@ def toy(tmp_path_factory):
 
 
 def base_args(name, toy, epochs):
+    """The acceptance command of issue 4."""
     return ["--name", name, "--data-set", "TOY", "--data-path", str(toy / "toy"),
             "--arch", "toy", "--epochs", str(epochs), "--batch_size", "8",
             "--num_workers", "0", "--finetune", "none", "--val_start_epo", "3",
-            "--device", "cpu", "--fim_ipc", "4", "--no-tensorboard"]
+            "--device", "cpu"]
 
 
 def log_lines(toy, name):
@@ -65,6 +66,7 @@ def test_four_epochs_write_checkpoints_and_log(toy, full_run):
     assert ["miou" in l for l in full_run] == [False, False, False, True]
     assert 0 <= full_run[3]["miou"] <= 100 and 0.3 <= full_run[3]["threshold"] < 0.6
     assert (toy / "experiment" / "full" / "fim" / "masks_epoch002.png").is_file()
+    assert list((toy / "experiment" / "full" / "tb").glob("events.out.tfevents*"))
     text = (toy / "experiment" / "full" / "train.log").read_text()
     assert "git revision" in text and "mpc_org_ratio" in text
 
@@ -83,7 +85,7 @@ def test_resume_gives_the_same_log(toy, full_run):
 
 
 def test_torchrun_two_cpu_processes(toy):
-    args = base_args("ddp", toy, 4)
+    args = base_args("ddp", toy, 4) + ["--num_workers", "1", "--fim_ipc", "4"]
     res = run(args, toy, torchrun=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     lines = log_lines(toy, "ddp")
