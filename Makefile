@@ -1,10 +1,10 @@
 # Two commands matter: `make demo` (toy pipeline end to end) and `make test` (the suite).
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean-demo
+.PHONY: venv test demo ablation
 
 venv: $(STAMP)
 
@@ -18,3 +18,6 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VPY) -m demo
+
+ablation: $(STAMP)
+	$(VPY) -m demo --ablation

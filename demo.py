@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--keep-data", action="store_true",
                    help="reuse an existing toy set in experiment/<name>/toy")
+    p.add_argument("--ablation", action="store_true",
+                   help="instead: W = 0 0 against --W on the toy set with its frequency "
+                        "shortcut (`make ablation`; default name ablation)")
     return p
 
 
@@ -113,18 +116,21 @@ def make_figure(exp: str, data: str, ids: List[str], threshold: float, path: str
     fig.savefig(path)
 
 
-def main(args) -> dict:
-    start = time.time()
-    exp_rel = os.path.join("experiment", args.name)
-    exp = os.path.join(ROOT, exp_rel)
+def clean(exp: str, keep_data: bool) -> None:
+    """Remove an earlier run's outputs (the toy set too, unless ``keep_data``)."""
+    if not os.path.isdir(exp):
+        return
+    for entry in os.listdir(exp):
+        if keep_data and entry == "toy":
+            continue
+        path = os.path.join(exp, entry)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def prepare(run: Runner, args, name: str) -> tuple:
+    """Toy set and pre-trained weights; returns (data folder, weights file, common flags)."""
+    exp_rel = os.path.join("experiment", name)
     data_rel = os.path.join(exp_rel, "toy")
-    if os.path.isdir(exp):  # a fresh run; the toy set may be kept
-        for entry in os.listdir(exp):
-            if not (args.keep_data and entry == "toy"):
-                shutil.rmtree(os.path.join(exp, entry), ignore_errors=True)
-                if os.path.isfile(os.path.join(exp, entry)):
-                    os.remove(os.path.join(exp, entry))
-    run = Runner()
     common = ["--data-set", "TOY", "--data-path", data_rel, "--arch", "toy",
               "--device", args.device, "--seed", str(args.seed)]
     if not (args.keep_data and os.path.isfile(os.path.join(ROOT, data_rel, "cls_labels.npy"))):
@@ -132,35 +138,50 @@ def main(args) -> dict:
                          str(args.num_images), "--seed", str(args.seed)]
             + (["--shortcut"] if args.shortcut else []))
     weights = os.path.join(exp_rel, "pretrain", "deit_toy.pth")
-    run("pretrain", ["pretrain_toy.py", "--name", args.name, "--epochs",
+    run("pretrain", ["pretrain_toy.py", "--name", name, "--epochs",
                      str(args.pretrain_epochs), "--num_workers", "1", "--out", weights] + common)
-    # AdamW at 5e-4 for this batch: the script scales --lr by batch / 512
-    lr = 5e-4 * 512 / args.batch_size
-    run("train PCSS", ["train_PCSS.py", "--name", args.name, "--finetune", weights,
-                       "--freeze", "patch_embed.*", "blocks.[0-2].*", "--epochs",
-                       str(args.epochs), "--batch_size", str(args.batch_size), "--lr", str(lr),
-                       "--warmup-epochs", "0", "--augment", "light", "--W", *map(str, args.W),
-                       "--val_start_epo", str(args.epochs), "--num_workers", "1",
-                       "--no-tensorboard"] + common)
-    last = args.epochs - 1
-    run("seeds", ["infer_PCSS.py", "--name", args.name, "--load_epo", str(last),
-                  "--num_workers", "1"] + common)
-    run("score", ["evaluation.py", "--name", args.name, "--task", "cam", "--thresholds",
-                  *THRESHOLDS] + common)
+    return data_rel, weights, common
+
+
+def train_and_score(run: Runner, args, name: str, weights: str, common: List[str],
+                    W: List[float]) -> dict:
+    """PCSS fine-tuning with loss weights ``W``, seeds of the validation list, their score
+    (``experiment/<name>/eval_cam.json``, returned)."""
+    lr = 5e-4 * 512 / args.batch_size   # AdamW at 5e-4: the script scales --lr by batch/512
+    run(f"train {name}", ["train_PCSS.py", "--name", name, "--finetune", weights,
+                          "--freeze", "patch_embed.*", "blocks.[0-2].*", "--epochs",
+                          str(args.epochs), "--batch_size", str(args.batch_size), "--lr",
+                          str(lr), "--warmup-epochs", "0", "--augment", "light",
+                          "--W", *map(str, W), "--val_start_epo", str(args.epochs),
+                          "--num_workers", "1", "--no-tensorboard"] + common)
+    return seeds_and_score(run, name, ["--load_epo", str(args.epochs - 1)], common)
+
+
+def seeds_and_score(run: Runner, name: str, weights: List[str], common: List[str]) -> dict:
+    run(f"seeds {name}", ["infer_PCSS.py", "--name", name, "--num_workers", "1"]
+        + weights + common)
+    run(f"score {name}", ["evaluation.py", "--name", name, "--task", "cam", "--thresholds",
+                          *THRESHOLDS] + common)
+    with open(os.path.join(ROOT, "experiment", name, "eval_cam.json")) as f:
+        return json.load(f)
+
+
+def main(args) -> dict:
+    start = time.time()
+    exp_rel = os.path.join("experiment", args.name)
+    exp = os.path.join(ROOT, exp_rel)
+    clean(exp, args.keep_data)
+    run = Runner()
+    data_rel, weights, common = prepare(run, args, args.name)
+    trained = train_and_score(run, args, args.name, weights, common, args.W)
     untrained = os.path.join(exp_rel, "untrained", "random_init.pth")
     save_random_init(os.path.join(ROOT, untrained), args.seed, args.device)
-    run("untrained seeds", ["infer_PCSS.py", "--name", f"{args.name}/untrained",
-                            "--load_pretrained", untrained, "--num_workers", "1"] + common)
-    run("untrained score", ["evaluation.py", "--name", f"{args.name}/untrained", "--task",
-                            "cam", "--thresholds", *THRESHOLDS] + common)
+    baseline = seeds_and_score(run, f"{args.name}/untrained", ["--load_pretrained", untrained],
+                               common)
 
-    with open(os.path.join(exp, "eval_cam.json")) as f:
-        trained = json.load(f)
-    with open(os.path.join(exp, "untrained", "eval_cam.json")) as f:
-        baseline = json.load(f)
     sys.path.insert(0, ROOT)
-    from utils.lists import read_id_list
     from datasets.layout import layout
+    from utils.lists import read_id_list
     ids = read_id_list(layout("TOY", os.path.join(ROOT, data_rel)).eval_list)[:6]
     make_figure(exp, os.path.join(ROOT, data_rel), ids, trained["best_threshold"],
                 os.path.join(exp, "figure.png"))
@@ -183,5 +204,35 @@ def main(args) -> dict:
     return summary
 
 
+def ablation(args) -> dict:
+    """The plain multi-class-token baseline (W = 0 0) against PCSS (``--W``) on the same
+    toy set with its frequency shortcut, from the same pre-trained weights."""
+    start = time.time()
+    if args.name == "demo":
+        args.name = "ablation"
+    exp_rel = os.path.join("experiment", args.name)
+    clean(os.path.join(ROOT, exp_rel), args.keep_data)
+    args.shortcut = True
+    run = Runner()
+    _, weights, common = prepare(run, args, args.name)
+    results = {label: train_and_score(run, args, f"{args.name}/{label}", weights, common, W)
+               for label, W in (("baseline_W0", [0.0, 0.0]), ("pcss", args.W))}
+    summary = {k: {"miou": r["best_miou"], "threshold": r["best_threshold"],
+                   "class_iou": r["class_iou"]} for k, r in results.items()}
+    summary.update(seed=args.seed, W=args.W, timings_s=run.timings,
+                   total_s=round(time.time() - start, 1))
+    with open(os.path.join(ROOT, exp_rel, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"\n=== ablation on the toy set with a frequency shortcut (seed {args.seed}), "
+          f"{summary['total_s']:.0f} s")
+    print(f"  plain multi-class-token model (W 0 0): {summary['baseline_W0']['miou']:.2f}% "
+          f"at {summary['baseline_W0']['threshold']:.2f}")
+    print(f"  PCSS (W {args.W[0]:g} {args.W[1]:g}):{'':>18s}{summary['pcss']['miou']:.2f}% "
+          f"at {summary['pcss']['threshold']:.2f}")
+    print(f"summary: {exp_rel}/summary.json")
+    return summary
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    parsed = get_args_parser().parse_args()
+    ablation(parsed) if parsed.ablation else main(parsed)
