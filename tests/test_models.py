@@ -230,3 +230,17 @@ def test_cam_dict_keys_range_and_dtype():
         assert m.shape == (50, 70) and m.dtype.name == "float32"
         assert m.min() >= 0 and m.max() <= 1
     assert cam_dict(net, torch.randn(1, 3, 32, 32), torch.zeros(4)) == {}
+
+
+def test_pcss_losses_under_bf16_autocast_keep_ffts_in_float32():
+    net = small(C=3, dtype=torch.float32).train()
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    masks = torch.rand(3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        L = pcss_losses(net, x, y, 3, masks, torch.tensor([1, 0]), 2.0, 2.0, 1, 0.3)
+    ref = pcss_losses(net, x, y, 3, masks, torch.tensor([1, 0]), 2.0, 2.0, 1, 0.3)
+    assert all(torch.isfinite(v) for v in L.values())
+    assert abs(float(L["cls"]) - float(ref["cls"])) < 0.05
+    L["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
