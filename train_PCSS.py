@@ -30,7 +30,7 @@ from utils.frequency import FrequencyInfluence
 from utils.lists import read_id_list
 from utils.logger import RunLog
 from utils.runtime import resolve_device, seed_everything
-from utils.schedule import CosineSchedule, param_groups
+from utils.schedule import CosineSchedule, make_adamw, param_groups
 
 DEIT_WEIGHTS = {
     "deit_small": ("pretrained/deit_small_patch16_224-cd65a155.pth",
@@ -163,9 +163,9 @@ def run(args, device, info) -> None:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     lr = args.lr * args.batch_size * info.world_size / 512.0
-    optimizer = torch.optim.AdamW(
+    optimizer = make_adamw(
         param_groups(model_without_ddp, args.weight_decay, model_without_ddp.no_weight_decay()),
-        lr=lr, eps=1e-8)
+        lr=lr)
     schedule = CosineSchedule(optimizer, lr, args.epochs, args.warmup_epochs, args.warmup_lr,
                               args.min_lr)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None

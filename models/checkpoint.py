@@ -64,17 +64,15 @@ def deit_to_mct(deit: Mapping[str, torch.Tensor], model) -> StateDict:
     own = model.state_dict()
     C = model.num_classes
     out: StateDict = {}
-    dropped = []
+    single = "cls_token" in deit and deit["cls_token"].shape[1] == 1   # ImageNet layout
     for k, v in deit.items():
         if k.startswith("head.") or k.startswith("head_dist."):
             if k in own and own[k].shape == v.shape:
                 out[k] = v
-            else:
-                dropped.append(k)
             continue
-        if k == "cls_token" and v.shape[1] == 1:
+        if k == "cls_token" and single:
             v = v.expand(-1, C, -1)
-        elif k == "pos_embed" and v.shape[1] != own[k].shape[1]:
+        elif k == "pos_embed" and single:
             v = _resample_pos_embed(v, C, model.grid)
         out[k] = v
     problems = key_mismatches(out, own, optional=("head.",))

@@ -31,12 +31,17 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def draw(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The 0/1 keep mask (B x 1 x ...) this call would use, or None when inactive."""
         if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+            return None
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+
+    def apply_mask(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return x if mask is None else x * mask.div(1.0 - self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_mask(x, self.draw(x))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -81,8 +86,13 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if need_weights:
-            attn = (q @ k.transpose(-2, -1)) * self.scale
-            attn = attn.softmax(dim=-1)
+            # scaling q (N x d) instead of the scores (N x N): less work, and bit-identical
+            # when the scale is a power of two (head size 64)
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if attn.device.type == "cpu" and not torch.is_grad_enabled():
+                torch.ops.aten._softmax.out(attn, -1, False, out=attn)  # in place
+            else:
+                attn = attn.softmax(dim=-1)
             out = attn @ v
             weights = attn.mean(dim=1)
         else:
@@ -101,11 +111,69 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False):
-        y, weights = self.attn(self.norm1(x), need_weights)
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, need_weights: bool = False,
+                trace: Optional[List["BlockTrace"]] = None):
+        """``(x, weights)``; with ``trace``, what the block computed is appended to it."""
+        fa, weights = self.attn(self.norm1(x), need_weights)
+        ma = self.drop_path.draw(fa)
+        x = x + self.drop_path.apply_mask(fa, ma)
+        fm = self.mlp(self.norm2(x))
+        mm = self.drop_path.draw(fm)
+        x = x + self.drop_path.apply_mask(fm, mm)
+        if trace is not None:
+            trace.append(BlockTrace(fa, ma, fm, mm, weights))
         return x, weights
+
+    def forward_shared(self, x: torch.Tensor, ref: "BlockTrace", diverged: torch.Tensor,
+                       need_weights: bool = False):
+        """``forward(x)`` for an input whose rows outside ``diverged`` (B bools) equal the
+        input of the traced call ``ref``: those rows reuse its branch outputs, only the
+        diverged rows are recomputed. Fresh drop-path masks are drawn for the whole batch
+        exactly as ``forward`` draws them, and rows whose new mask differs from the traced
+        one diverge from here on. Returns ``(x, weights, diverged)``."""
+        if need_weights and ref.weights is None:
+            diverged = torch.ones_like(diverged)
+        fa, weights = _rows(lambda z: self.attn(self.norm1(z), need_weights), x, diverged,
+                            ref.attn_out, ref.weights if need_weights else None)
+        ma = self.drop_path.draw(fa)
+        x = x + self.drop_path.apply_mask(fa, ma)
+        diverged = diverged | _differs(ma, ref.attn_mask)
+        fm, _ = _rows(lambda z: (self.mlp(self.norm2(z)), None), x, diverged, ref.mlp_out, None)
+        mm = self.drop_path.draw(fm)
+        x = x + self.drop_path.apply_mask(fm, mm)
+        return x, weights, diverged | _differs(mm, ref.mlp_mask)
+
+
+@dataclass
+class BlockTrace:
+    """One block's branch outputs and drop-path masks in a traced pass."""
+    attn_out: torch.Tensor
+    attn_mask: Optional[torch.Tensor]
+    mlp_out: torch.Tensor
+    mlp_mask: Optional[torch.Tensor]
+    weights: Optional[torch.Tensor]
+
+
+def _rows(fn, x: torch.Tensor, rows: torch.Tensor, ref_out: torch.Tensor,
+          ref_weights: Optional[torch.Tensor]):
+    """``fn(x)`` (returning ``(out, weights)``) computed for ``rows`` only, the other rows
+    taken from ``ref_out`` / ``ref_weights``."""
+    if not bool(rows.any()):
+        return ref_out, ref_weights
+    if bool(rows.all()):
+        return fn(x)
+    idx = rows.nonzero().flatten()
+    out, weights = fn(x.index_select(0, idx))
+    out = ref_out.index_copy(0, idx, out)
+    if weights is not None:
+        weights = ref_weights.index_copy(0, idx, weights)
+    return out, weights
+
+
+def _differs(mask: Optional[torch.Tensor], ref: Optional[torch.Tensor]) -> torch.Tensor:
+    if mask is None:
+        return torch.zeros((), dtype=torch.bool)
+    return mask.flatten() != ref.flatten()
 
 
 @dataclass
@@ -113,14 +181,17 @@ class TokenState:
     """The tokens after some block, with what ``rcams`` needs from the blocks so far.
 
     ``attn`` holds the head-averaged attention of every block run so far (None entries
-    when weights were not requested). Kept so that a second pass that repeats blocks
-    0..k on the same input can start from here (``MCTViT.forward(..., reuse=state)``).
+    when weights were not requested). ``embedded`` (the tokens entering block 0) and
+    ``trace`` (one ``BlockTrace`` per block run, when traced) let a second pass over the
+    same input share blocks 0..k with this one (``MCTViT.forward(..., prefix=state)``).
     """
     tokens: torch.Tensor
     h: int
     w: int
     next_block: int
     attn: List[Optional[torch.Tensor]] = field(default_factory=list)
+    embedded: Optional[torch.Tensor] = None
+    trace: Optional[List[BlockTrace]] = None
 
 
 class MCTViT(nn.Module):
@@ -190,7 +261,7 @@ class MCTViT(nn.Module):
         p = p.flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls_token.expand(B, -1, -1), p], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(h * w, H, W)
-        return TokenState(tokens, h, w, 0)
+        return TokenState(tokens, h, w, 0, embedded=tokens)
 
     def tokens_to_map(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Patch tokens B x (C+P) x D -> B x D x h x w (row-major token order)."""
@@ -198,14 +269,29 @@ class MCTViT(nn.Module):
         return tokens[:, self.num_classes:].transpose(1, 2).reshape(B, D, h, w)
 
     def run_blocks(self, state: TokenState, stop: Optional[int] = None,
-                   need_weights: bool = False) -> TokenState:
-        """Run blocks ``state.next_block .. stop`` (inclusive; all when ``stop`` is None)."""
+                   need_weights: bool = False, trace: bool = False) -> TokenState:
+        """Run blocks ``state.next_block .. stop`` (inclusive; all when ``stop`` is None),
+        recording a ``BlockTrace`` per block when ``trace``."""
         last = len(self.blocks) - 1 if stop is None else stop
         x, attn = state.tokens, list(state.attn)
+        traces = list(state.trace or []) if trace else None
         for i in range(state.next_block, last + 1):
-            x, a = self.blocks[i](x, need_weights)
+            x, a = self.blocks[i](x, need_weights, traces)
             attn.append(a)
-        return TokenState(x, state.h, state.w, last + 1, attn)
+        return TokenState(x, state.h, state.w, last + 1, attn, state.embedded, traces)
+
+    def rerun_prefix(self, ref: TokenState, need_weights: bool = False) -> TokenState:
+        """Blocks 0..k again on the input of the traced pass ``ref`` (which stopped after
+        block k), with fresh drop-path masks as in a full recomputation: rows whose masks
+        all match the traced pass reuse its results, the others are recomputed. Values,
+        gradients and random draws equal those of recomputing every block."""
+        x = ref.embedded
+        diverged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        attn = []
+        for blk, bt in zip(self.blocks, ref.trace):
+            x, a, diverged = blk.forward_shared(x, bt, diverged, need_weights)
+            attn.append(a)
+        return TokenState(x, ref.h, ref.w, ref.next_block, attn, ref.embedded)
 
     def mix_tokens(self, state: TokenState, mag: torch.Tensor) -> TokenState:
         """Replace the patch tokens' Fourier magnitude by ``mag`` (phase kept)."""
@@ -234,29 +320,38 @@ class MCTViT(nn.Module):
     # ------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, merge_block: Optional[int] = None,
                 mag: Optional[torch.Tensor] = None, need_rcams: bool = True,
-                reuse: Optional[TokenState] = None) -> Dict[str, Optional[torch.Tensor]]:
+                prefix: Optional[TokenState] = None, fresh_drop_path: bool = True
+                ) -> Dict[str, Optional[torch.Tensor]]:
         """PCSS forward (SPEC section 1).
 
         Returns a dict with ``cls``, ``pcls``, ``cams``, ``rcams`` (None if not
         ``need_rcams``), ``x_patch`` (patch tokens after block ``merge_block``; None when
-        it is None) and ``state`` (the tokens after block ``merge_block``, before mixing,
-        for ``reuse``). With ``mag``, the patch tokens entering block ``merge_block + 1``
-        get that Fourier magnitude. ``reuse``: a ``state`` from an earlier forward of the
-        same input, whose blocks 0..merge_block are then not recomputed (exact only
-        without stochastic depth: the reference draws fresh drop-path masks there).
+        it is None) and ``state`` (the traced tokens after block ``merge_block``, before
+        mixing). With ``mag``, the patch tokens entering block ``merge_block + 1`` get that
+        Fourier magnitude.
+
+        ``prefix``: the ``state`` of an earlier forward of the same ``x`` with the same
+        ``merge_block``; blocks 0..merge_block are then shared with it instead of being
+        recomputed. With ``fresh_drop_path`` (the reference's semantics) new stochastic-depth
+        masks are drawn for those blocks and only the rows they change are recomputed
+        (``rerun_prefix``: identical results, less work); without, the earlier pass's tokens
+        are taken as they are (faster; differs from the reference when drop path is on).
         """
         if mag is not None and merge_block is None:
             raise ValueError("mag given without merge_block")
-        if reuse is not None:
-            if merge_block is None or reuse.next_block != merge_block + 1:
-                raise ValueError("reuse needs the state saved after block merge_block")
-            if need_rcams and any(a is None for a in reuse.attn):
-                raise ValueError("reused state has no attention weights but rcams were asked")
-            state = reuse
+        if prefix is not None:
+            if merge_block is None or prefix.next_block != merge_block + 1:
+                raise ValueError("prefix needs the state saved after block merge_block")
+            if fresh_drop_path:
+                state = self.rerun_prefix(prefix, need_rcams)
+            else:
+                if need_rcams and any(a is None for a in prefix.attn):
+                    raise ValueError("the prefix has no attention weights but rcams were asked")
+                state = prefix
         else:
             state = self.embed(x)
-            if merge_block is not None:
-                state = self.run_blocks(state, merge_block, need_rcams)
+            if merge_block is not None:  # traced for a later pass sharing the prefix
+                state = self.run_blocks(state, merge_block, need_rcams, trace=mag is None)
         saved = state if merge_block is not None else None
         x_patch = (self.tokens_to_map(state.tokens, state.h, state.w)
                    if saved is not None else None)

@@ -27,10 +27,12 @@ def pcss_losses(net, images: torch.Tensor, labels: torch.Tensor, epoch: int,
     (absent terms are 0). ``masks``: the C x S x S FIM masks (used when FSS is on);
     ``perm``: the batch permutation of MPC (``torch.randperm(B)`` in training).
 
-    ``reuse_prefix`` (default off, the reference's semantics): the magnitude-mixed pass
-    starts from the first pass's tokens after block ``mpc_block`` instead of recomputing
-    blocks 0..k. Values and gradients are identical when drop path is 0; with drop path the
-    reference draws fresh stochastic-depth masks for those blocks, which reuse does not.
+    The magnitude-mixed pass repeats blocks 0..k of the first pass on the same input. As in
+    the reference it draws fresh stochastic-depth masks there, but it recomputes only the
+    images whose masks differ from the first pass's (``MCTViT.rerun_prefix``): the same
+    values, gradients and random draws as recomputing everything, for a fraction of the
+    work. ``reuse_prefix`` (default off) takes the first pass's tokens as they are, with no
+    fresh masks: faster still, identical when drop path is 0, not the reference otherwise.
     """
     use_fss = w_fss > 0 and epoch > fim_start_epoch
     use_mpc = w_mpc > 0
@@ -55,7 +57,7 @@ def pcss_losses(net, images: torch.Tensor, labels: torch.Tensor, epoch: int,
             perm = torch.randperm(images.shape[0])
         mag = mix_magnitude(out["x_patch"], perm, mpc_keep_ratio)
         out_m = net(images, merge_block=mpc_block, mag=mag, need_rcams=use_cam_mpc,
-                    reuse=out["state"] if reuse_prefix else None)
+                    prefix=out["state"], fresh_drop_path=not reuse_prefix)
         L["cls_mpc"] = _mlsm(out_m, labels)
         if use_cam_mpc:
             diff = (max_norm(out["rcams"]).detach() - max_norm(out_m["rcams"])).abs()

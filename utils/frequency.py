@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 _DIMS = (-2, -1)
+IMAGES_PER_FORWARD = {"cpu": 8, "cuda": 64}   # FIM forward size when not set (bench/README.md)
 
 
 def _fft_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -96,14 +97,16 @@ class FrequencyInfluence:
     it returns True (every class used its budget) or the data runs out; ``finish_round()``
     returns the C x S x S masks.
 
-    ``cells_per_forward`` masked variants of the needed images go through the network in
-    one forward. ``shard=(rank, world)`` lets several processes share a round: each
+    Masked variants of the needed images go through the network together:
+    ``cells_per_forward`` cells per forward, or by default as many cells as keep a forward
+    near ``images_per_forward`` images (8 on CPU, where bigger batches only add memory
+    traffic; 64 on GPU). ``shard=(rank, world)`` lets several processes share a round: each
     computes the losses of its share of the cells and ``reduce`` (e.g. an all-reduce sum)
     combines them, so every process ends with the same masks.
     """
 
     def __init__(self, num_classes: int, image_size: int, patch_size: int = 16,
-                 images_per_class: int = 100, cells_per_forward: int = 8,
+                 images_per_class: int = 100, cells_per_forward: Optional[int] = None,
                  shard: Tuple[int, int] = (0, 1),
                  reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         if image_size % patch_size:
@@ -113,7 +116,7 @@ class FrequencyInfluence:
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.images_per_class = images_per_class
-        self.cells_per_forward = max(1, int(cells_per_forward))
+        self.cells_per_forward = cells_per_forward
         self.shard = shard
         self.reduce = reduce
         self.cells = influence_cells(self.grid)
@@ -192,8 +195,10 @@ class FrequencyInfluence:
         with _no_autocast(images.device.type):
             x = _fft_dtype(images)
             spec = _centred_spectrum(x)
-        for start in range(0, len(mine), self.cells_per_forward):
-            chunk = mine[start:start + self.cells_per_forward]
+        target = IMAGES_PER_FORWARD.get(images.device.type, 8)
+        step = self.cells_per_forward or max(1, target // n)
+        for start in range(0, len(mine), step):
+            chunk = mine[start:start + step]
             masks = torch.stack([self.cell_mask(i, x.dtype, x.device) for i in chunk])
             with _no_autocast(images.device.type):
                 variants = _from_centred(spec.unsqueeze(0) * masks[:, None, None])
