@@ -84,8 +84,10 @@ def train_parent(W=(2.0, 2.0), fim_start_epo: int = 2, mpc_cam_start_epo: int = 
     g.add_argument("--mpc_cam_start_epo", type=int, default=mpc_cam_start_epo)
     g.add_argument("--reuse-prefix", "--reuse_prefix", dest="reuse_prefix",
                    action="store_true",
-                   help="reuse blocks 0..mpc_idx of the first pass in the mixed pass (faster; "
-                        "exact only with --drop-path 0, off by default = the reference)")
+                   help="the mixed pass takes the first pass's tokens after block mpc_idx "
+                        "as they are, without fresh drop-path masks (faster; equals the "
+                        "reference only with --drop-path 0). Off: blocks 0..mpc_idx are "
+                        "shared too, but with fresh masks and exactly the reference's values")
     g = p.add_argument_group("weights, validation, runtime")
     g.add_argument("--finetune", default=None,
                    help="ImageNet DeiT weights (default pretrained/<arch weights>.pth for "

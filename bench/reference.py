@@ -1,0 +1,185 @@
+"""Reference-style baselines for the speed goals of issue 2 (benchmark use only).
+
+Each function mirrors how the authors' PCSS code does the work, so that ``bench_core.py``
+can time it against ours on identical inputs and check that both give the same numbers:
+
+* ``ref_losses``      -- training objective: every forward materialises the attention
+                         weights (the authors' model always does), FSS images are built
+                         with a Python loop over images and classes, and the MPC pass
+                         recomputes all blocks.
+* ``ref_fim_batch``   -- FIM work of one batch: for every cell, FFT of the whole batch,
+                         mask, inverse FFT, full forward with attention weights, then a
+                         loss per class in a Python loop.
+* ``ref_cam_dict``    -- CAM inference: two separate forwards (image, flipped image) on the
+                         attention path, all C classes upsampled, label-weighted, summed and
+                         max-normed, then the dict.
+* ``ref_cam_miou``    -- seed evaluation: for every threshold, reload every CAM dict and GT
+                         PNG, build the (C+1) x H x W float32 volume, argmax, count TP/P/T
+                         class by class.
+
+Nothing here is imported by the project; ``np.load(allow_pickle=True)`` is acceptable in
+this benchmark only (the project reads dicts through ``utils.io.load_cam_dict``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.mct_vit import Attention
+from utils.cam import max_norm
+
+_MLSM = F.multilabel_soft_margin_loss
+
+
+def _authors_attention_forward(self, x: torch.Tensor, need_weights: bool = False):
+    """The authors' attention: scores scaled after the matmul, softmax out of place,
+    weights always computed (their model returns them from every block)."""
+    B, N, D = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = (q @ k.transpose(-2, -1)) * self.scale
+    attn = attn.softmax(dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(B, N, D)
+    return self.proj(out), attn.mean(dim=1)
+
+
+def authors_attention(fn):
+    """Run ``fn`` with every ``Attention`` computing as the authors' model does, so that the
+    baseline does not profit from the project's own attention changes."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        ours = Attention.forward
+        Attention.forward = _authors_attention_forward
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            Attention.forward = ours
+    return run
+
+
+# ----------------------------------------------------------------------------- training
+def ref_fss_images(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor):
+    """FSS images as the reference builds them: loop over images, then over classes."""
+    imgs, valid = [], []
+    for b in range(x.shape[0]):
+        present = torch.nonzero(y[b] > 0).flatten()
+        if len(present) == 0:
+            imgs.append(x[b])
+            valid.append(0.0)
+            continue
+        Fs = torch.fft.fftshift(torch.fft.fft2(x[b]), dim=(-2, -1))
+        acc = [torch.fft.ifft2(torch.fft.ifftshift(Fs * (1 - masks[c]), dim=(-2, -1))).real
+               for c in present]
+        imgs.append(torch.stack(acc).mean(0))
+        valid.append(1.0)
+    return torch.stack(imgs), torch.tensor(valid, dtype=x.dtype, device=x.device)
+
+
+@authors_attention
+def ref_losses(net, x, y, masks, perm, w_fss=2.0, w_mpc=2.0, k=7, r=0.3) -> Dict[str, torch.Tensor]:
+    """SPEC section 3 at epoch > fim_start_epoch, reference style (three full forwards,
+    all with attention weights and rcams)."""
+    out = net(x, merge_block=k, need_rcams=True)
+    L = {"cls": _MLSM(out["cls"], y) + _MLSM(out["pcls"], y)}
+    imgs, valid = ref_fss_images(x, y, masks)
+    out_s = net(imgs, merge_block=k, need_rcams=True)
+    L["cls_fss"] = _MLSM(out_s["cls"], y) + _MLSM(out_s["pcls"], y)
+    v = valid.reshape(-1, 1, 1, 1)
+    L["cam_fss"] = w_fss * ((max_norm(out["cams"]) - max_norm(out_s["cams"])).abs() * v).mean()
+    X = out["x_patch"]
+    mag = r * torch.fft.fft2(X).abs() + (1 - r) * torch.fft.fft2(X[perm]).abs().detach()
+    out_m = net(x, merge_block=k, mag=mag, need_rcams=True)
+    L["cls_mpc"] = _MLSM(out_m["cls"], y) + _MLSM(out_m["pcls"], y)
+    L["cam_mpc"] = w_mpc * (max_norm(out["rcams"]).detach() - max_norm(out_m["rcams"])).abs().mean()
+    L["total"] = L["cls"] + L["cls_fss"] + L["cam_fss"] + L["cls_mpc"] + L["cam_mpc"]
+    return L
+
+
+# ---------------------------------------------------------------------------------- FIM
+def cell_partner(r: int, c: int, G: int):
+    if c == 0:
+        return None
+    return (G - r, G - c) if r > 0 else (0, G - c)
+
+
+def all_cells(G: int) -> List[tuple]:
+    return [(r, c) for r in range(G) for c in range(G // 2 + 1)]
+
+
+@torch.no_grad()
+@authors_attention
+def ref_fim_batch(net, x: torch.Tensor, y: torch.Tensor, budget: Sequence[int],
+                  cells: Sequence[tuple], patch: int = 16) -> torch.Tensor:
+    """C x G x G loss matrix of one batch over ``cells`` (in loop order), reference style:
+    per cell, recompute the whole batch's spectrum, mask, invert, full forward (attention
+    weights and rcams included), then one loss per class."""
+    B, _, S, _ = x.shape
+    G = S // patch
+    C = y.shape[1]
+    mat = torch.zeros(C, G, G, dtype=torch.float64)
+    for (r, c) in cells:
+        Fs = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+        m = torch.ones(S, S, dtype=x.dtype, device=x.device)
+        m[patch * r:patch * (r + 1), patch * c:patch * (c + 1)] = 0
+        partner = cell_partner(r, c, G)
+        if partner is not None:
+            m[patch * partner[0]:patch * (partner[0] + 1),
+              patch * partner[1]:patch * (partner[1] + 1)] = 0
+        xi = torch.fft.ifft2(torch.fft.ifftshift(Fs * m, dim=(-2, -1))).real
+        out = net(xi)                                   # need_rcams=True: attention path
+        cls, pcls = out["cls"], out["pcls"]
+        for k in range(C):
+            idx = torch.nonzero(y[:, k] > 0).flatten()[:budget[k]]
+            L = F.softplus(-cls[idx, k]).sum() + F.softplus(-pcls[idx, k]).sum()
+            mat[k, r, c] = float(L)
+            if partner is not None:
+                mat[k, partner[0], partner[1]] = float(L)
+    return mat
+
+
+# ---------------------------------------------------------------------------- inference
+@torch.no_grad()
+@authors_attention
+def ref_cam_dict(net, x: torch.Tensor, label: torch.Tensor, n_layers: int = 12):
+    """Seeds of one 1 x 3 x H x W image, reference style."""
+    _, _, H, W = x.shape
+    y = label.reshape(1, -1, 1, 1).to(x.dtype)
+    r1 = net.rcams(x, n_layers=n_layers)                       # all C classes
+    r2 = net.rcams(x.flip(-1), n_layers=n_layers)
+    r1 = F.interpolate(r1, size=(H, W), mode="bilinear", align_corners=False)
+    r2 = F.interpolate(r2, size=(H, W), mode="bilinear", align_corners=False)
+    cams = r1 * y + r2.flip(-1) * y
+    cams = max_norm(cams)[0].cpu().numpy()
+    keys = torch.nonzero(label.reshape(-1) > 1e-5).flatten().tolist()
+    return {int(k): cams[k] for k in keys}
+
+
+# ---------------------------------------------------------------------------- scoring
+def ref_cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], thresholds: Sequence[float],
+                 K: int = 21):
+    """One full pass over the files per threshold (the reference evaluator)."""
+    res = []
+    for t in thresholds:
+        TP, P, T = np.zeros(K), np.zeros(K), np.zeros(K)
+        for n in names:
+            d = np.load(os.path.join(pred_dir, n + ".npy"), allow_pickle=True).item()
+            gt = np.asarray(Image.open(os.path.join(gt_dir, n + ".png")))
+            vol = np.zeros((K,) + gt.shape, np.float32)
+            for k, m in d.items():
+                vol[k + 1] = m
+            vol[0] = t
+            pred = vol.argmax(0)
+            cal = gt < 255
+            for i in range(K):
+                P[i] += ((pred == i) & cal).sum()
+                T[i] += ((gt == i) & cal).sum()
+                TP[i] += ((gt == i) & (pred == i) & cal).sum()
+        res.append(TP / (T + P - TP + 1e-10) * 100)
+    res = np.array(res)
+    return res.mean(1), res
