@@ -273,3 +273,22 @@ def test_evaluation_errors_are_clear(inferred):
     ]
     for args, message in cases:
         assert_clean_error(run_script("evaluation.py", *args, *DATA, cwd=work), message)
+
+
+def test_torchrun_splits_the_list_and_matches_one_process(inferred):
+    """Two CPU ranks (gloo) write every dict once between them, equal to one process's."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", os.path.join(ROOT, "infer_PCSS.py"),
+                           "--name", "ddp", "--load_pretrained", "w.pth", *DATA],
+                          cwd=inferred, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = sorted(os.listdir(inferred / "experiment" / "run" / "dict"))
+    two = sorted(os.listdir(inferred / "experiment" / "ddp" / "dict"))
+    assert one == two and len(one) == 6
+    for name in one:
+        a = load_cam_dict(str(inferred / "experiment" / "run" / "dict" / name))
+        b = load_cam_dict(str(inferred / "experiment" / "ddp" / "dict" / name))
+        assert sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-6)
