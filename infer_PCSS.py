@@ -232,9 +232,10 @@ def main(args) -> None:
                             pin_memory=device.type == "cuda", collate_fn=first_item)
 
         def write(image_id, cams):
-            rgb = np.asarray(load_image(lay.image_path(image_id))) if plan.needs_rgb else None
-            shape = next(iter(cams.values())).shape if cams else load_image(
-                lay.image_path(image_id)).size[::-1]
+            # the original image for CRF / overlays, or for the size of a label-less image
+            rgb = (np.asarray(load_image(lay.image_path(image_id)))
+                   if plan.needs_rgb or not cams else None)
+            shape = next(iter(cams.values())).shape if cams else rgb.shape[:2]
             plan.write(image_id, cams, shape, rgb)
 
         n = generate_seeds(net, loader, device, write, args.amp, args.n_layers, args.scales,
