@@ -21,9 +21,11 @@ def parse_list_line(line: str) -> str:
 def read_id_list(path: str) -> List[str]:
     """Image ids of a list file, in file order (blank lines and ``#`` comments skipped)."""
     if not os.path.isfile(path):
-        raise UserError(f"list file not found: {path}. For VOC run "
-                        f"`python -m datasets.prepare --data-set VOC12 --data-path DIR` to make "
-                        f"train_aug.txt, or pass --train_list / --val_list / --list.")
+        raise UserError(f"list file not found: {path}. For VOC / COCO run "
+                        f"`python -m datasets.prepare --data-set VOC12|COCO --data-path DIR` "
+                        f"(it makes train_aug.txt and the COCO lists); the toy set's lists come "
+                        f"with `python -m datasets.toy --out DIR`; or pass the list with "
+                        f"--train_list / --val_list / --list.")
     with open(path) as f:
         ids = [parse_list_line(l) for l in f if l.strip() and not l.lstrip().startswith("#")]
     if not ids:
