@@ -195,7 +195,7 @@ def pretrain_one_epoch(model, loader, optimizer, device: torch.device, mask_rati
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss) * images.shape[0]
+        total += float(loss.detach()) * images.shape[0]
         count += images.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / max(count, 1)

@@ -104,3 +104,19 @@ def test_missing_data_and_weights_fail_fast(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "pretrained weights not found" in res.stderr and "--finetune none" in res.stderr
     assert not (tmp_path / "experiment").exists()
+
+
+def test_toy_pretraining_saves_deit_format_that_init_from_deit_loads(toy, monkeypatch):
+    import pretrain_toy
+    from models import build_arch, init_from_deit
+    monkeypatch.chdir(toy)
+    args = pretrain_toy.get_args_parser().parse_args(
+        ["--name", "pt", "--data-path", str(toy / "toy"), "--epochs", "1", "--batch_size", "8",
+         "--num_workers", "0", "--device", "cpu"])
+    path = pretrain_toy.main(args)
+    state = torch.load(path, weights_only=True)["model"]
+    assert state["cls_token"].shape == (1, 1, 128) and state["pos_embed"].shape == (1, 37, 128)
+    net = build_arch("toy", 4, 96)
+    init_from_deit(net, path)
+    assert torch.equal(net.blocks[3].mlp.fc1.weight, state["blocks.3.mlp.fc1.weight"])
+    assert torch.equal(net.cls_token[0, 2], state["cls_token"][0, 0])
