@@ -127,6 +127,7 @@ class _Exploit:
         return (os.system, ("true",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
