@@ -285,6 +285,9 @@ class MCTViT(nn.Module):
         block k), with fresh drop-path masks as in a full recomputation: rows whose masks
         all match the traced pass reuse its results, the others are recomputed. Values,
         gradients and random draws equal those of recomputing every block."""
+        if ref.trace is None or len(ref.trace) != ref.next_block:
+            raise ValueError("the prefix state was not traced (run the first pass with "
+                             "merge_block and no mag)")
         x = ref.embedded
         diverged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         attn = []
