@@ -109,18 +109,13 @@ def fim_round(model, loader, fim: FrequencyInfluence, device: torch.device,
     return fim.finish_round()
 
 
-def first_item(batch):
-    """DataLoader collate for batch size 1 of native-size images: the item itself."""
-    return batch[0]
-
-
 @torch.no_grad()
 def generate_seeds(model, loader, device: torch.device,
                    write: Callable[[str, Dict[int, np.ndarray]], None], amp: str = "none",
                    n_layers: int = 12, scales: Sequence[float] = (1.0,),
                    progress: bool = True, desc: str = "seeds") -> int:
     """CAM dicts (SPEC section 6) of every item ``(image, label, id)`` of ``loader``
-    (collated with ``first_item``), handed to ``write(id, cams)``. Returns the count."""
+    (collated with ``datasets.collate_single``), handed to ``write(id, cams)``. Returns the count."""
     model.eval()
     n = 0
     for image, label, image_id in tqdm(loader, desc=desc, unit="img", dynamic_ncols=True,
@@ -155,28 +150,6 @@ def validate(model, loader, names: Sequence[str], gt_files: Sequence[str], out_d
                        thresholds=thresholds, gt_files=gt_files)
     t, best = first_peak(thresholds, miou)
     return best, t, miou
-
-
-def save_mask_figure(masks: torch.Tensor, class_names: Sequence[str], path: str) -> None:
-    """A grid of the per-class FIM masks (centred spectra, DC in the middle)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    C = masks.shape[0]
-    cols = min(C, 10)
-    rows = (C + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < C:
-            ax.imshow(masks[i].float().cpu().numpy(), cmap="magma", vmin=0, vmax=1)
-            ax.set_title(class_names[i], fontsize=7)
-    fig.suptitle("FIM masks (frequencies suppressed per class)", fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def pretrain_one_epoch(model, loader, optimizer, device: torch.device, mask_ratio: float = 0.4,

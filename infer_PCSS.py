@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datasets.layout import layout
-from datasets.wsss import build_dataset, load_image
-from engine import first_item, generate_seeds
+from datasets.wsss import build_dataset, collate_single, load_image
+from engine import generate_seeds
 from models import build_arch, load_model_weights
 from utils.args import common_parent, default_input_size
 from utils.dist import barrier, cleanup, init_distributed, local_device, shard
@@ -229,7 +229,7 @@ def main(args) -> None:
                   + (f"; --png threshold {plan.threshold:.2f}" if "png" in plan.folders else ""))
         loader = DataLoader(Subset(dataset, todo), batch_size=1, shuffle=False,
                             num_workers=min(args.num_workers, len(todo)),
-                            pin_memory=device.type == "cuda", collate_fn=first_item)
+                            pin_memory=device.type == "cuda", collate_fn=collate_single)
 
         def write(image_id, cams):
             # the original image for CRF / overlays, or for the size of a label-less image

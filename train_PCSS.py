@@ -18,8 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import datasets
 from datasets.layout import layout
-from engine import (PCSSConfig, first_item, fim_round, save_mask_figure, train_one_epoch,
-                    validate)
+from engine import PCSSConfig, fim_round, train_one_epoch, validate
 from models import ARCHS, build_arch, init_from_deit
 from utils.args import common_parent, default_input_size, train_parent
 from utils.checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
@@ -31,6 +30,7 @@ from utils.lists import read_id_list
 from utils.logger import RunLog
 from utils.runtime import resolve_device, seed_everything
 from utils.schedule import CosineSchedule, make_adamw, param_groups
+from utils.vis import save_mask_grid
 
 DEIT_WEIGHTS = {
     "deit_small": ("pretrained/deit_small_patch16_224-cd65a155.pth",
@@ -203,7 +203,7 @@ def run(args, device, info) -> None:
 
     loader = make_loader(train_ds, args.batch_size, args.num_workers, device, shuffle=True,
                          sampler=sampler, drop_last=True, persistent=True)
-    vloader = (make_loader(val_share, 1, args.num_workers, device, collate_fn=first_item)
+    vloader = (make_loader(val_share, 1, args.num_workers, device, collate_fn=datasets.collate_single)
                if validating else None)
     floader = (make_loader(fim_ds, args.fim_batch_size, args.num_workers, device, shuffle=True)
                if fim_ds is not None else None)
@@ -226,7 +226,7 @@ def run(args, device, info) -> None:
             masks = fim_round(model_without_ddp, reseed(floader, args.seed, epoch), fim,
                               device, args.amp, progress=info.is_main)
             if info.is_main:
-                save_mask_figure(masks, lay.classes,
+                save_mask_grid(masks.float().numpy(), lay.classes,
                                  os.path.join(out_dir, "fim", f"masks_epoch{epoch:03d}.png"))
         log.epoch(stats)
         log.text("epoch " + json.dumps(stats))

@@ -3,12 +3,12 @@
 - ``datasets.layout``: where each dataset keeps its files, class names (no torch).
 - ``datasets.prepare``: ``python -m datasets.prepare`` writes lists and ``cls_labels.npy``.
 - ``datasets.toy``: ``python -m datasets.toy`` writes the synthetic set.
-- ``datasets.wsss``: the torch ``Dataset``; ``build_dataset`` and ``collate_infer`` are
+- ``datasets.wsss``: the torch ``Dataset``; ``build_dataset`` and ``collate_single`` are
   re-exported here but imported on first use, so that ``import datasets.layout`` (done by
   ``evaluation.py``) does not import torch.
 """
 
-__all__ = ["build_dataset", "collate_infer", "WSSSDataset"]
+__all__ = ["build_dataset", "collate_single", "WSSSDataset"]
 
 
 def __getattr__(name):

@@ -15,7 +15,7 @@ Modes and items:
   padding), with no colour change: for the toy set, whose classes are colours.
 - ``"fim"``: ``(image 3 x S x S, label C)``, resized (bicubic), no augmentation.
 - ``"infer"``: ``(image 3 x H x W, label C, image id)`` at native resolution. Batch with
-  ``batch_size=1`` and a collate that returns the item, or with ``collate_infer``.
+  ``batch_size=1`` and ``collate_single``.
 
 Images are float32, normalised with the ImageNet mean and std; labels float32 (all zeros is
 a legal label: an image with background only).
@@ -142,9 +142,9 @@ def build_dataset(data_set: str, data_path: str, list_path: str, mode: str,
     return WSSSDataset(lay, read_id_list(list_path), transform, return_id=mode == "infer")
 
 
-def collate_infer(batch: List[Tuple[torch.Tensor, torch.Tensor, str]]
-                  ) -> Tuple[List[torch.Tensor], torch.Tensor, List[str]]:
-    """Collate "infer" items of different sizes: ``(images as a list of 3 x H x W, labels
-    B x C, ids)``."""
-    images, labels, ids = zip(*batch)
-    return list(images), torch.stack(labels), list(ids)
+def collate_single(batch: List[Tuple[torch.Tensor, torch.Tensor, str]]
+                   ) -> Tuple[torch.Tensor, torch.Tensor, str]:
+    """Collate for "infer" items at batch size 1 (native sizes differ): the item itself,
+    ``(image 3 x H x W, label C, id)``."""
+    (item,) = batch
+    return item

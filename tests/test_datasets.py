@@ -280,10 +280,11 @@ def test_infer_mode_native_size_and_collate(toy):
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_DEFAULT_MEAN,
                                                          IMAGENET_DEFAULT_STD))
     torch.testing.assert_close(image * std + mean, pixels)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=datasets.collate_infer)
-    images, labels, ids = next(iter(loader))
-    assert [i.shape for i in images] == [(3, 64, 64)] * 2
-    assert labels.shape == (2, 4) and ids == ["toy_00008", "toy_00009"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=datasets.collate_single)
+    items = list(loader)
+    assert [i[2] for i in items[:2]] == ["toy_00008", "toy_00009"]
+    assert items[1][0].shape == (3, 64, 64) and items[1][1].shape == (4,)
+    torch.testing.assert_close(items[1][0], image)
 
 
 def test_voc_reference_list_format_and_empty_label(voc):

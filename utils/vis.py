@@ -5,6 +5,7 @@ start fast). matplotlib is imported only where a plot is drawn (Agg canvas, no p
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Sequence
 
 import cv2
@@ -66,6 +67,27 @@ def cam_panel(rgb: np.ndarray, cams: Dict[int, np.ndarray], class_names: Sequenc
 
 def save_jpeg(path: str, rgb: np.ndarray, quality: int = 90) -> None:
     Image.fromarray(rgb).save(path, quality=quality)
+
+
+def save_mask_grid(masks: np.ndarray, class_names: Sequence[str], path: str) -> None:
+    """A grid of per-class FIM masks (C x S x S in [0, 1], centred spectra: DC in the
+    middle) as a PNG."""
+    from matplotlib.figure import Figure   # no pyplot: no global backend, no GUI
+
+    C = masks.shape[0]
+    cols = min(C, 10)
+    rows = (C + cols - 1) // cols
+    fig = Figure(figsize=(1.6 * cols, 1.8 * rows), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < C:
+            ax.imshow(masks[i], cmap="magma", vmin=0, vmax=1)
+            ax.set_title(class_names[i], fontsize=7)
+    fig.suptitle("FIM masks (frequencies suppressed per class)", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
 
 
 def plot_miou_curve(thresholds: Sequence[float], miou: Sequence[float], path: str,
