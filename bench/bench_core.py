@@ -1,6 +1,6 @@
 """Speed goals of issue 2 on this machine: ours vs a reference-style baseline.
 
-    python bench/bench_core.py {train,fim,infer,score,all} [--repeats N]
+    python bench/bench_core.py {train,prefix,fim,infer,softmax,score,all} [--repeats N]
 
 Real scale: DeiT-S (``build_model(num_classes=20)`` defaults: D 384, depth 12, 6 heads,
 drop path 0.1), float32, torch's default thread count. Every goal first checks that ours
@@ -36,6 +36,8 @@ from utils.io import load_cam_dict, read_label_png, save_cam_dict  # noqa: E402
 from utils.schedule import make_adamw, param_groups  # noqa: E402
 
 GOALS = {"train_exact": 1.2, "train_reuse": 1.4, "fim": 1.3, "infer": 1.5, "score": 30.0}
+# Not goals: the measured gains of two design choices, cited where they are made
+# (models/prefix_sharing.py, the in-place softmax in models/mct_vit.py).
 ROWS: List[tuple] = []   # (goal, variant, baseline text, ours text, ratio, paired ratio, target)
 
 
@@ -229,6 +231,82 @@ def bench_train(repeats: int) -> None:
         print(f"  spread {k_}: {spread(v)}")
 
 
+class _FullRecompute(torch.nn.Module):
+    """``net`` with the prefix sharing switched off: the mixed pass recomputes blocks
+    0..k (what the reference does)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, prefix=None, **kw):
+        return self.net(x, **kw)
+
+
+def bench_prefix(repeats: int) -> None:
+    header("1b. exact prefix sharing (models/prefix_sharing.py): train step, batch 8, 224, "
+           "FSS+MPC, drop path 0.1")
+    B, C, S = 8, 20, 224
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = build_model(num_classes=C).train()
+    x, y = torch.randn(B, 3, S, S, generator=g), make_labels(B, C, g)
+    masks, perm = torch.rand(C, S, S, generator=g), torch.randperm(B, generator=g)
+    opt = make_adamw(param_groups(net, 0.05, net.no_weight_decay()), lr=6.25e-5)
+
+    def step(model, reuse=False):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            pcss_losses(model, x, y, 3, masks, perm, 2.0, 2.0, 7, 0.3,
+                        reuse_prefix=reuse)["total"].backward()
+            opt.step()
+        return run
+
+    t = interleave({"recompute": step(_FullRecompute(net)), "shared": step(net),
+                    "reuse": step(net, True)}, repeats)
+    sec = lambda s: f"{s:.3f} s"  # noqa: E731
+    add_row("prefix sharing", "exact sharing vs recomputing blocks 0..k", t["recompute"],
+            t["shared"], sec, None)
+    add_row("prefix sharing", "reuse_prefix vs recomputing", t["recompute"], t["reuse"], sec,
+            None)
+
+
+def bench_softmax(repeats: int) -> None:
+    """The in-place no-grad softmax of ``Attention`` on CPU against the public out-of-place
+    one, in ``cam_dict`` (N = 733 tokens per view). The kernels cost the same; the gain is
+    in not touching a fresh 13 MB buffer (page faults) per block."""
+    import models.mct_vit as mct
+
+    header("3b. in-place attention softmax (CPU, no grad): cam_dict on 375x500 with flip")
+    torch.manual_seed(2)
+    net = build_model(num_classes=20).eval()
+    x = torch.randn(1, 3, 375, 500)
+    label = torch.zeros(20)
+    label[[4, 14]] = 1.0
+    ours = mct.Attention.forward
+
+    def public_softmax(self, x, need_weights=False):
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, D)), attn.mean(1)
+
+    def with_forward(fwd):
+        def run():
+            mct.Attention.forward = fwd
+            try:
+                cam_dict(net, x, label)
+            finally:
+                mct.Attention.forward = ours
+        return run
+
+    t = interleave({"public": with_forward(public_softmax), "inplace": with_forward(ours)},
+                   repeats)
+    add_row("in-place softmax", "cam_dict, 375x500 with flip", t["public"], t["inplace"],
+            lambda s: f"{s:.3f} s", None)
+
+
 # ------------------------------------------------------------------------------- FIM
 def bench_fim(repeats: int, cpfs=(1, 4, 8, 16), subset_world: int = 14, full: bool = False) -> None:
     B, C, S = 8, 20, 224
@@ -418,7 +496,8 @@ def print_table() -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["train", "fim", "infer", "score", "all"])
+    ap.add_argument("what", choices=["train", "prefix", "fim", "infer", "softmax", "score",
+                                     "all"])
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed rounds per variant (default: train 5, fim 3, infer 9, score 3)")
     ap.add_argument("--fim-cells", type=int, nargs="+", default=[1, 4, 8, 16],
@@ -443,6 +522,10 @@ def main(argv=None) -> None:
         t1 = time.perf_counter()
         if w == "train":
             bench_train(rep(5))
+        elif w == "prefix":
+            bench_prefix(rep(5))
+        elif w == "softmax":
+            bench_softmax(rep(7))
         elif w == "fim":
             bench_fim(rep(3), tuple(args.fim_cells), full=args.fim_full)
         elif w == "infer":

@@ -1,11 +1,20 @@
 """DeiT with C class tokens (MCTformer-V2 style), as PCSS uses it (SPEC.md section 1).
 
-Layout follows timm's ``vision_transformer.py``: the blocks, then the model with its
-``forward_features`` / heads split, then the constructor and the checkpoint conversion.
+Layout follows timm's ``vision_transformer.py``: the blocks (``PatchEmbed``, ``Mlp``,
+``Attention``, ``Block``), then the model, then the constructors. The model's paths:
+
+- ``forward_features(x)``: patch embedding + class tokens + positions, all blocks; returns
+  a ``TokenState`` (tokens, grid size, per-block head-averaged attention when asked). There
+  is no final norm (SPEC section 1); ``norm`` exists only so state dicts match.
+- ``forward_head(tokens)``: class-token logits ``cls``, the 3x3 conv head's CAMs ``cams``
+  and their spatial mean ``pcls``; ``refine`` turns CAMs + attention into ``rcams``.
+- ``forward(x, merge_block, mag)``: the training pass with the magnitude-mixing hook after
+  block ``merge_block`` (SPEC section 3); ``logits(x)`` and ``rcams(x)``: the FIM and
+  inference paths.
 
 Attention probabilities are materialised only where something reads them (``rcams``); the
-other paths (``logits``, the frequency-suppressed forward of training) use
-``F.scaled_dot_product_attention``.
+other paths use ``F.scaled_dot_product_attention``. The machinery that lets the mixed pass
+share blocks 0..k with the first pass lives in ``models.prefix_sharing``.
 """
 from __future__ import annotations
 
@@ -16,35 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.prefix_sharing import BlockTrace, DropPath, rerun_prefix, traced_block_forward
 from utils.frequency import replace_magnitude
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
     """timm's ``trunc_normal_(t, std=std)``: truncation at +-2 (absolute), not +-2 std."""
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0, b=2.0)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval mode or when ``p == 0``)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def draw(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The 0/1 keep mask (B x 1 x ...) this call would use, or None when inactive."""
-        if self.p == 0.0 or not self.training:
-            return None
-        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
-
-    def apply_mask(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        return x if mask is None else x * mask.div(1.0 - self.p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_mask(x, self.draw(x))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class PatchEmbed(nn.Module):
@@ -90,7 +77,11 @@ class Attention(nn.Module):
             # when the scale is a power of two (head size 64)
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if attn.device.type == "cpu" and not torch.is_grad_enabled():
-                torch.ops.aten._softmax.out(attn, -1, False, out=attn)  # in place
+                # in place (a private aten op: the public softmax has no out= form). Not
+                # touching a fresh 13 MB buffer per block saves page faults: cam_dict on a
+                # 375x500 image with flip takes 0.34 s instead of 0.42 s (1.21x; 2-core Xeon
+                # with AMX, float32; bench/bench_core.py softmax)
+                torch.ops.aten._softmax.out(attn, -1, False, out=attn)
             else:
                 attn = attn.softmax(dim=-1)
             out = attn @ v
@@ -111,69 +102,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False,
-                trace: Optional[List["BlockTrace"]] = None):
-        """``(x, weights)``; with ``trace``, what the block computed is appended to it."""
+    def forward(self, x: torch.Tensor, need_weights: bool = False):
+        """``(x, weights)``: weights are the head-averaged attention when asked, else None.
+        (``models.prefix_sharing.traced_block_forward`` is the same computation, recorded.)"""
         fa, weights = self.attn(self.norm1(x), need_weights)
-        ma = self.drop_path.draw(fa)
-        x = x + self.drop_path.apply_mask(fa, ma)
-        fm = self.mlp(self.norm2(x))
-        mm = self.drop_path.draw(fm)
-        x = x + self.drop_path.apply_mask(fm, mm)
-        if trace is not None:
-            trace.append(BlockTrace(fa, ma, fm, mm, weights))
+        x = x + self.drop_path(fa)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
-
-    def forward_shared(self, x: torch.Tensor, ref: "BlockTrace", diverged: torch.Tensor,
-                       need_weights: bool = False):
-        """``forward(x)`` for an input whose rows outside ``diverged`` (B bools) equal the
-        input of the traced call ``ref``: those rows reuse its branch outputs, only the
-        diverged rows are recomputed. Fresh drop-path masks are drawn for the whole batch
-        exactly as ``forward`` draws them, and rows whose new mask differs from the traced
-        one diverge from here on. Returns ``(x, weights, diverged)``."""
-        if need_weights and ref.weights is None:
-            diverged = torch.ones_like(diverged)
-        fa, weights = _rows(lambda z: self.attn(self.norm1(z), need_weights), x, diverged,
-                            ref.attn_out, ref.weights if need_weights else None)
-        ma = self.drop_path.draw(fa)
-        x = x + self.drop_path.apply_mask(fa, ma)
-        diverged = diverged | _differs(ma, ref.attn_mask)
-        fm, _ = _rows(lambda z: (self.mlp(self.norm2(z)), None), x, diverged, ref.mlp_out, None)
-        mm = self.drop_path.draw(fm)
-        x = x + self.drop_path.apply_mask(fm, mm)
-        return x, weights, diverged | _differs(mm, ref.mlp_mask)
-
-
-@dataclass
-class BlockTrace:
-    """One block's branch outputs and drop-path masks in a traced pass."""
-    attn_out: torch.Tensor
-    attn_mask: Optional[torch.Tensor]
-    mlp_out: torch.Tensor
-    mlp_mask: Optional[torch.Tensor]
-    weights: Optional[torch.Tensor]
-
-
-def _rows(fn, x: torch.Tensor, rows: torch.Tensor, ref_out: torch.Tensor,
-          ref_weights: Optional[torch.Tensor]):
-    """``fn(x)`` (returning ``(out, weights)``) computed for ``rows`` only, the other rows
-    taken from ``ref_out`` / ``ref_weights``."""
-    if not bool(rows.any()):
-        return ref_out, ref_weights
-    if bool(rows.all()):
-        return fn(x)
-    idx = rows.nonzero().flatten()
-    out, weights = fn(x.index_select(0, idx))
-    out = ref_out.index_copy(0, idx, out)
-    if weights is not None:
-        weights = ref_weights.index_copy(0, idx, weights)
-    return out, weights
-
-
-def _differs(mask: Optional[torch.Tensor], ref: Optional[torch.Tensor]) -> torch.Tensor:
-    if mask is None:
-        return torch.zeros((), dtype=torch.bool)
-    return mask.flatten() != ref.flatten()
 
 
 @dataclass
@@ -276,25 +211,17 @@ class MCTViT(nn.Module):
         x, attn = state.tokens, list(state.attn)
         traces = list(state.trace or []) if trace else None
         for i in range(state.next_block, last + 1):
-            x, a = self.blocks[i](x, need_weights, traces)
+            if traces is None:
+                x, a = self.blocks[i](x, need_weights)
+            else:
+                x, a = traced_block_forward(self.blocks[i], x, need_weights, traces)
             attn.append(a)
         return TokenState(x, state.h, state.w, last + 1, attn, state.embedded, traces)
 
-    def rerun_prefix(self, ref: TokenState, need_weights: bool = False) -> TokenState:
-        """Blocks 0..k again on the input of the traced pass ``ref`` (which stopped after
-        block k), with fresh drop-path masks as in a full recomputation: rows whose masks
-        all match the traced pass reuse its results, the others are recomputed. Values,
-        gradients and random draws equal those of recomputing every block."""
-        if ref.trace is None or len(ref.trace) != ref.next_block:
-            raise ValueError("the prefix state was not traced (run the first pass with "
-                             "merge_block and no mag)")
-        x = ref.embedded
-        diverged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        attn = []
-        for blk, bt in zip(self.blocks, ref.trace):
-            x, a, diverged = blk.forward_shared(x, bt, diverged, need_weights)
-            attn.append(a)
-        return TokenState(x, ref.h, ref.w, ref.next_block, attn, ref.embedded)
+    def forward_features(self, x: torch.Tensor, need_weights: bool = False) -> TokenState:
+        """Tokens after the last block (no final norm: SPEC section 1), with the per-block
+        head-averaged attention when ``need_weights``."""
+        return self.run_blocks(self.embed(x), None, need_weights)
 
     def mix_tokens(self, state: TokenState, mag: torch.Tensor) -> TokenState:
         """Replace the patch tokens' Fourier magnitude by ``mag`` (phase kept)."""
@@ -304,7 +231,9 @@ class MCTViT(nn.Module):
         return TokenState(tokens, state.h, state.w, state.next_block, state.attn)
 
     # --------------------------------------------------------------------------- heads
-    def head_outputs(self, tokens: torch.Tensor, h: int, w: int) -> Dict[str, torch.Tensor]:
+    def forward_head(self, tokens: torch.Tensor, h: int, w: int) -> Dict[str, torch.Tensor]:
+        """``cls`` (mean of each class token), ``cams`` (ReLU of the conv head on the patch
+        grid) and ``pcls`` (the spatial mean of the conv head's output)."""
         C = self.num_classes
         cls = tokens[:, :C].mean(-1)
         fmap = self.head(self.tokens_to_map(tokens, h, w))
@@ -337,8 +266,8 @@ class MCTViT(nn.Module):
         ``merge_block``; blocks 0..merge_block are then shared with it instead of being
         recomputed. With ``fresh_drop_path`` (the reference's semantics) new stochastic-depth
         masks are drawn for those blocks and only the rows they change are recomputed
-        (``rerun_prefix``: identical results, less work); without, the earlier pass's tokens
-        are taken as they are (faster; differs from the reference when drop path is on).
+        (``models.prefix_sharing.rerun_prefix``: identical results, less work); without, the
+        earlier pass's tokens are taken as they are (faster; differs from the reference when drop path is on).
         """
         if mag is not None and merge_block is None:
             raise ValueError("mag given without merge_block")
@@ -346,7 +275,7 @@ class MCTViT(nn.Module):
             if merge_block is None or prefix.next_block != merge_block + 1:
                 raise ValueError("prefix needs the state saved after block merge_block")
             if fresh_drop_path:
-                state = self.rerun_prefix(prefix, need_rcams)
+                state = rerun_prefix(self.blocks, prefix, need_rcams)
             else:
                 if need_rcams and any(a is None for a in prefix.attn):
                     raise ValueError("the prefix has no attention weights but rcams were asked")
@@ -361,7 +290,7 @@ class MCTViT(nn.Module):
         if mag is not None:
             state = self.mix_tokens(state, mag)
         state = self.run_blocks(state, None, need_rcams)
-        out = self.head_outputs(state.tokens, state.h, state.w)
+        out = self.forward_head(state.tokens, state.h, state.w)
         out["rcams"] = self.refine(out["cams"], state.attn) if need_rcams else None
         out["x_patch"] = x_patch
         out["state"] = saved
@@ -369,14 +298,14 @@ class MCTViT(nn.Module):
 
     def logits(self, x: torch.Tensor):
         """``(cls, pcls)`` only: no attention weights are materialised."""
-        state = self.run_blocks(self.embed(x), None, need_weights=False)
-        out = self.head_outputs(state.tokens, state.h, state.w)
+        state = self.forward_features(x)
+        out = self.forward_head(state.tokens, state.h, state.w)
         return out["cls"], out["pcls"]
 
     def rcams(self, x: torch.Tensor, n_layers: int = 12) -> torch.Tensor:
         """Attention-refined CAMs ``B x C x h x w`` (the seed-inference path)."""
-        state = self.run_blocks(self.embed(x), None, need_weights=True)
-        cams = self.head_outputs(state.tokens, state.h, state.w)["cams"]
+        state = self.forward_features(x, need_weights=True)
+        cams = self.forward_head(state.tokens, state.h, state.w)["cams"]
         return self.refine(cams, state.attn, n_layers)
 
 

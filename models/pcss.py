@@ -29,7 +29,7 @@ def pcss_losses(net, images: torch.Tensor, labels: torch.Tensor, epoch: int,
 
     The magnitude-mixed pass repeats blocks 0..k of the first pass on the same input. As in
     the reference it draws fresh stochastic-depth masks there, but it recomputes only the
-    images whose masks differ from the first pass's (``MCTViT.rerun_prefix``): the same
+    images whose masks differ from the first pass's (``models.prefix_sharing``): the same
     values, gradients and random draws as recomputing everything, for a fraction of the
     work. ``reuse_prefix`` (default off) takes the first pass's tokens as they are, with no
     fresh masks: faster still, identical when drop path is 0, not the reference otherwise.

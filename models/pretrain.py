@@ -48,7 +48,7 @@ class ColourDenoiser(nn.Module):
         self.decoder = nn.Linear(net.embed_dim, 3 * cells * cells)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        state = self.net.run_blocks(self.net.embed(images))
+        state = self.net.forward_features(images)
         return self.decoder(state.tokens[:, self.net.num_classes:])
 
     def loss(self, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
