@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets.layout import layout
 from datasets.wsss import build_dataset, collate_single, load_image
-from engine import generate_seeds
+from engine.pcss import generate_seeds
 from models import build_arch, load_model_weights
 from utils.args import common_parent, default_input_size
 from utils.dist import barrier, cleanup, init_distributed, local_device, shard

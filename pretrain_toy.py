@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 from datasets.layout import layout
-from engine import pretrain_one_epoch
+from engine.pretrain import pretrain_one_epoch
 from models import build_arch
 from models.pretrain import ColourDenoiser
 from utils.args import common_parent, default_input_size

@@ -18,7 +18,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 import datasets
 from datasets.layout import layout
-from engine import PCSSConfig, fim_round, train_one_epoch, validate
+from engine.pcss import fim_round, train_one_epoch, validate
+from models.pcss import PCSSConfig
 from models import ARCHS, build_arch, init_from_deit
 from utils.args import common_parent, default_input_size, train_parent
 from utils.checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
@@ -137,7 +138,7 @@ def run(args, device, info) -> None:
     if not 0 <= args.mpc_idx < depth:
         raise UserError(f"--mpc_idx {args.mpc_idx} is outside 0..{depth - 1} for --arch {args.arch}")
     cfg = PCSSConfig(w_fss=args.W[0], w_mpc=args.W[1], mpc_block=args.mpc_idx,
-                     keep_ratio=args.mpc_org_ratio, fim_start_epoch=args.fim_start_epo,
+                     mpc_keep_ratio=args.mpc_org_ratio, fim_start_epoch=args.fim_start_epo,
                      fim_interval=args.fim_interval_epo,
                      mpc_cam_start_epoch=args.mpc_cam_start_epo, reuse_prefix=args.reuse_prefix)
     validating = args.val_start_epo < args.epochs

@@ -2,7 +2,7 @@
 from models.checkpoint import (deit_to_mct, init_from_deit, load_model_weights,
                                load_state_dict_file)
 from models.mct_vit import ARCHS, MCTViT, build_arch, build_model
-from models.pcss import pcss_losses
+from models.pcss import PCSSConfig, pcss_losses
 
 __all__ = ["ARCHS", "MCTViT", "build_arch", "build_model", "deit_to_mct", "init_from_deit",
-           "load_model_weights", "load_state_dict_file", "pcss_losses"]
+           "load_model_weights", "load_state_dict_file", "PCSSConfig", "pcss_losses"]

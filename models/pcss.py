@@ -1,6 +1,7 @@
-"""The PCSS training objective (SPEC.md section 3)."""
+"""The PCSS training objective (SPEC.md section 3) and its configuration."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -8,6 +9,36 @@ import torch.nn.functional as F
 
 from utils.cam import max_norm
 from utils.frequency import mix_magnitude, suppress_frequencies
+
+
+@dataclass(frozen=True)
+class PCSSConfig:
+    """The objective's switches (SPEC section 3), named as ``pcss_losses`` names them; the
+    reference's flags map to them in the parser (``--W`` -> ``w_fss, w_mpc``, ``--mpc_idx``
+    -> ``mpc_block``, ``--mpc_org_ratio`` -> ``mpc_keep_ratio``, ``--fim_start_epo`` ->
+    ``fim_start_epoch``, ``--fim_interval_epo`` -> ``fim_interval``, ``--mpc_cam_start_epo``
+    -> ``mpc_cam_start_epoch``)."""
+    w_fss: float = 2.0
+    w_mpc: float = 2.0
+    mpc_block: int = 7
+    mpc_keep_ratio: float = 0.3
+    fim_start_epoch: int = 2
+    fim_interval: int = 3
+    mpc_cam_start_epoch: int = 0
+    reuse_prefix: bool = False
+
+    def fim_due(self, epoch: int) -> bool:
+        """FIM round after this epoch? (VOC: after epochs 2, 5, 8, ...)"""
+        return (self.w_fss > 0 and epoch >= self.fim_start_epoch
+                and epoch % self.fim_interval == self.fim_start_epoch % self.fim_interval)
+
+    def losses(self, net, images: torch.Tensor, labels: torch.Tensor, epoch: int,
+               masks: Optional[torch.Tensor], perm: Optional[torch.Tensor]
+               ) -> Dict[str, torch.Tensor]:
+        """``pcss_losses`` with this configuration."""
+        return pcss_losses(net, images, labels, epoch, masks, perm, self.w_fss, self.w_mpc,
+                           self.mpc_block, self.mpc_keep_ratio, self.fim_start_epoch,
+                           self.mpc_cam_start_epoch, reuse_prefix=self.reuse_prefix)
 
 
 def _mlsm(out: Dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,16 @@ class UserError(Exception):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
 
 
+class NonFiniteLoss(Exception):
+    """Training diverged (a NaN or infinite loss). Not a problem with the input files or
+    flags, so it is not a ``UserError``: scripts end with their own exit code
+    (``EXIT_DIVERGED``) and a message that names the last good checkpoint."""
+
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
 def describe_missing(paths: Iterable[str], what: str, limit: int = 5) -> str:
     """'3 <what> missing: a, b, c' (the first ``limit`` names, then a count)."""
     paths = list(paths)
@@ -22,12 +32,16 @@ def describe_missing(paths: Iterable[str], what: str, limit: int = 5) -> str:
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; a ``UserError`` ends it with its message and exit code 2."""
+    """Run a script's ``main``: a ``UserError`` ends it with its message and exit code 2, a
+    diverged training (``NonFiniteLoss``) with its message and exit code 3."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except NonFiniteLoss as e:
+        print(f"training diverged: {e}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,48 +1,25 @@
-"""The loops of PCSS training (deit's ``engine.py`` habit): ``train_one_epoch``,
-``fim_round``, ``generate_seeds`` and ``validate`` take explicit arguments and return
-plain values; the scripts wire them together."""
+"""The loops of the seed stage (deit's ``engine.py`` habit): ``train_one_epoch``,
+``fim_round``, ``generate_seeds`` and ``validate`` take explicit arguments and return plain
+values; ``train_PCSS.py`` and ``infer_PCSS.py`` wire them together."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import pcss_losses
+from models.pcss import PCSSConfig
 from utils.cam import cam_dict
 from utils.dist import DistInfo, all_reduce_sum, barrier
-from utils.errors import UserError
+from utils.errors import NonFiniteLoss
 from utils.evaluation import cam_miou, first_peak
 from utils.frequency import FrequencyInfluence
 from utils.io import save_cam_dict
 from utils.runtime import autocast_context
 
 LOSS_NAMES = ("cls", "cls_fss", "cam_fss", "cls_mpc", "cam_mpc")
-
-
-@dataclass(frozen=True)
-class PCSSConfig:
-    """The objective's switches (SPEC section 3)."""
-    w_fss: float = 2.0
-    w_mpc: float = 2.0
-    mpc_block: int = 7
-    keep_ratio: float = 0.3
-    fim_start_epoch: int = 2
-    fim_interval: int = 3
-    mpc_cam_start_epoch: int = 0
-    reuse_prefix: bool = False
-
-    def fim_due(self, epoch: int) -> bool:
-        """FIM round after this epoch? (VOC: after epochs 2, 5, 8, ...)"""
-        return (self.w_fss > 0 and epoch >= self.fim_start_epoch
-                and epoch % self.fim_interval == self.fim_start_epoch % self.fim_interval)
-
-
-class NonFiniteLoss(UserError):
-    pass
 
 
 def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
@@ -61,9 +38,7 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
         labels = labels.to(device, non_blocking=True)
         perm = torch.randperm(images.shape[0]) if cfg.w_mpc > 0 else None
         with autocast_context(device, amp):
-            L = pcss_losses(model, images, labels, epoch, masks, perm, cfg.w_fss, cfg.w_mpc,
-                            cfg.mpc_block, cfg.keep_ratio, cfg.fim_start_epoch,
-                            cfg.mpc_cam_start_epoch, reuse_prefix=cfg.reuse_prefix)
+            L = cfg.losses(model, images, labels, epoch, masks, perm)
         total = L["total"]
         if not torch.isfinite(total):
             raise NonFiniteLoss(
@@ -150,25 +125,3 @@ def validate(model, loader, names: Sequence[str], gt_files: Sequence[str], out_d
                        thresholds=thresholds, gt_files=gt_files)
     t, best = first_peak(thresholds, miou)
     return best, t, miou
-
-
-def pretrain_one_epoch(model, loader, optimizer, device: torch.device, mask_ratio: float = 0.4,
-                       noise_std: float = 1.0, epoch: int = 0, progress: bool = True) -> float:
-    """One epoch of the toy set's self-supervised stand-in for ImageNet pre-training
-    (``models.pretrain.ColourDenoiser``); returns the mean loss."""
-    from models.pretrain import corrupt
-
-    model.train()
-    total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"pretrain {epoch}", unit="batch", dynamic_ncols=True,
-               disable=not progress)
-    for images, _ in bar:
-        images = images.to(device, non_blocking=True)
-        loss = model.loss(images, corrupt(images, mask_ratio, noise_std))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * images.shape[0]
-        count += images.shape[0]
-        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
