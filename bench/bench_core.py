@@ -21,13 +21,12 @@ from typing import Callable, Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import build_model, pcss_losses  # noqa: E402
-from reference import (all_cells, ref_cam_dict, ref_cam_miou, ref_fim_batch,  # noqa: E402
+from bench.reference import (all_cells, ref_cam_dict, ref_cam_miou, ref_fim_batch,  # noqa: E402
                        ref_losses)
 from utils.cam import cam_dict  # noqa: E402
 from utils.evaluation import cam_miou, default_thresholds  # noqa: E402

@@ -1,8 +1,11 @@
-"""Reference-style baselines for the speed goals of issue 2 (benchmark use only).
+"""Literal restatements of SPEC.md, the one place both the tests and the benchmarks take
+them from (``tests/`` compare the project against them on configurations other than the
+fixtures'; ``bench/`` times the project against them).
 
-Each function mirrors how the authors' PCSS code does the work, so that ``bench_core.py``
-can time it against ours on identical inputs and check that both give the same numbers:
+Each function mirrors how the authors' PCSS code does the work, step by step:
 
+* ``literal_forward`` -- the network (SPEC section 1) with explicit per-head attention and
+                         list stacking: ``(cls, pcls, cams, rcams)``.
 * ``ref_losses``      -- training objective: every forward materialises the attention
                          weights (the authors' model always does), FSS images are built
                          with a Python loop over images and classes, and the MPC pass
@@ -13,12 +16,14 @@ can time it against ours on identical inputs and check that both give the same n
 * ``ref_cam_dict``    -- CAM inference: two separate forwards (image, flipped image) on the
                          attention path, all C classes upsampled, label-weighted, summed and
                          max-normed, then the dict.
-* ``ref_cam_miou``    -- seed evaluation: for every threshold, reload every CAM dict and GT
-                         PNG, build the (C+1) x H x W float32 volume, argmax, count TP/P/T
-                         class by class.
+* ``LiteralFIM``      -- whole FIM rounds (SPEC section 4) built on ``ref_fim_batch``.
+* ``literal_miou``    -- seed evaluation (SPEC section 7): per threshold, build the (C+1) x
+                         H x W float32 volume, argmax, count TP/P/T class by class;
+                         ``ref_cam_miou`` does it from files, reloading every file for every
+                         threshold as the reference evaluator does.
 
-Nothing here is imported by the project; ``np.load(allow_pickle=True)`` is acceptable in
-this benchmark only (the project reads dicts through ``utils.io.load_cam_dict``).
+Nothing here is imported by the project; ``np.load(allow_pickle=True)`` is acceptable here
+only (the project reads dicts through ``utils.io.load_cam_dict``).
 """
 from __future__ import annotations
 
@@ -35,6 +40,35 @@ from models.mct_vit import Attention
 from utils.cam import max_norm
 
 _MLSM = F.multilabel_soft_margin_loss
+
+
+def literal_forward(net, x: torch.Tensor, n_layers: int = 12):
+    """SPEC section 1 spelled out with explicit per-head attention and list stacking;
+    returns ``(cls, pcls, cams, rcams)``."""
+    C = net.num_classes
+    B, _, H, W = x.shape
+    p = net.patch_embed(x)
+    h, w = p.shape[-2:]
+    t = torch.cat([net.cls_token.expand(B, -1, -1), p.flatten(2).transpose(1, 2)], 1)
+    t = t + net.interpolate_pos_encoding(h * w, H, W)
+    attns = []
+    for blk in net.blocks:
+        a = blk.attn
+        y = blk.norm1(t)
+        qkv = a.qkv(y).reshape(B, -1, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = ((q @ k.transpose(-2, -1)) * a.scale).softmax(-1)
+        attns.append(att.mean(1))
+        t = t + a.proj((att @ v).transpose(1, 2).reshape(B, -1, t.shape[-1]))
+        t = t + blk.mlp(blk.norm2(t))
+    cls = t[:, :C].mean(-1)
+    fmap = net.head(t[:, C:].reshape(B, h, w, -1).permute(0, 3, 1, 2))
+    cams = F.relu(fmap)
+    A = torch.stack(attns)
+    mtatt = A[-n_layers:].mean(0)[:, :C, C:].reshape(B, C, h, w)
+    patch_attn = A.sum(0)[:, C:, C:]
+    rc = torch.einsum("bij,bcj->bci", patch_attn, (mtatt * cams).reshape(B, C, -1))
+    return cls, fmap.mean((2, 3)), cams, rc.reshape(B, C, h, w)
 
 
 def _authors_attention_forward(self, x: torch.Tensor, need_weights: bool = False):
@@ -160,16 +194,49 @@ def ref_cam_dict(net, x: torch.Tensor, label: torch.Tensor, n_layers: int = 12):
     return {int(k): cams[k] for k in keys}
 
 
+class LiteralFIM:
+    """SPEC section 4: whole rounds, one masked pass per cell over every image, the loss
+    matrix written in loop order (``ref_fim_batch``), masks normalised by the running
+    maximum."""
+
+    def __init__(self, C: int, S: int, n: int):
+        self.C, self.S, self.G, self.n = C, S, S // 16, n
+        self.max_loss = None
+        self.masks = torch.zeros(C, S, S, dtype=torch.float64)
+
+    def round(self, net, batches):
+        C, S, G = self.C, self.S, self.G
+        budget = [self.n] * C
+        total = torch.zeros(C, G, G, dtype=torch.float64)
+        got = [False] * C
+        for x, y in batches:
+            total += ref_fim_batch(net, x, y, budget, all_cells(G))
+            for k in range(C):
+                used = min(int((y[:, k] > 0).sum()), budget[k])
+                got[k] = got[k] or used > 0
+                budget[k] -= used
+            if all(b == 0 for b in budget):
+                break
+        lmap = F.interpolate(total[None], size=(S, S), mode="bicubic", align_corners=False)[0]
+        top = lmap.flatten(1).max(1).values
+        self.max_loss = top if self.max_loss is None else torch.maximum(self.max_loss, top)
+        for k in range(C):
+            if got[k]:
+                lo = lmap[k].min()
+                d = self.max_loss[k] - lo
+                self.masks[k] = 0 if d == 0 else (lmap[k] - lo) / d
+        return total, self.masks.clone()
+
+
 # ---------------------------------------------------------------------------- scoring
-def ref_cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], thresholds: Sequence[float],
-                 K: int = 21):
-    """One full pass over the files per threshold (the reference evaluator)."""
+def literal_miou(cams: Sequence[Dict[int, np.ndarray]], gts: Sequence[np.ndarray],
+                 thresholds: Sequence[float], K: int = 21):
+    """SPEC section 7 as the reference does it: one full pass per threshold. Returns
+    ``(mIoU (T,), per-class IoU (T, K))`` in percent."""
     res = []
     for t in thresholds:
         TP, P, T = np.zeros(K), np.zeros(K), np.zeros(K)
-        for n in names:
-            d = np.load(os.path.join(pred_dir, n + ".npy"), allow_pickle=True).item()
-            gt = np.asarray(Image.open(os.path.join(gt_dir, n + ".png")))
+        for d, gt in zip(cams, gts):
             vol = np.zeros((K,) + gt.shape, np.float32)
             for k, m in d.items():
                 vol[k + 1] = m
@@ -182,4 +249,18 @@ def ref_cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], thresholds: S
                 TP[i] += ((gt == i) & (pred == i) & cal).sum()
         res.append(TP / (T + P - TP + 1e-10) * 100)
     res = np.array(res)
+    return res.mean(1), res
+
+
+def ref_cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], thresholds: Sequence[float],
+                 K: int = 21):
+    """``literal_miou`` from files, every file reloaded for every threshold (the reference
+    evaluator)."""
+    per_threshold = []
+    for t in thresholds:
+        cams = [np.load(os.path.join(pred_dir, n + ".npy"), allow_pickle=True).item()
+                for n in names]
+        gts = [np.asarray(Image.open(os.path.join(gt_dir, n + ".png"))) for n in names]
+        per_threshold.append(literal_miou(cams, gts, [t], K)[1][0])
+    res = np.array(per_threshold)
     return res.mean(1), res

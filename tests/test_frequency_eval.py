@@ -10,63 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.reference import LiteralFIM, literal_miou
 from models import build_model
 from utils.evaluation import cam_miou, default_thresholds, first_peak
 from utils.frequency import FrequencyInfluence, influence_cells, suppress_frequencies
 from utils.io import save_cam_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class LiteralFIM:
-    """SPEC section 4, one masked pass per cell, every image, writes in loop order."""
-
-    def __init__(self, C, S, n):
-        self.C, self.S, self.G, self.n = C, S, S // 16, n
-        self.max_loss = None
-        self.masks = torch.zeros(C, S, S, dtype=torch.float64)
-
-    def round(self, net, batches):
-        C, S, G = self.C, self.S, self.G
-        budget = [self.n] * C
-        total = torch.zeros(C, G, G, dtype=torch.float64)
-        got = [False] * C
-        for x, y in batches:
-            mat = torch.zeros(C, G, G, dtype=torch.float64)
-            Fs = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-            for r in range(G):
-                for c in range(G // 2 + 1):
-                    m = torch.ones(S, S, dtype=x.dtype)
-                    m[16 * r:16 * r + 16, 16 * c:16 * c + 16] = 0
-                    partner = None
-                    if c > 0:
-                        partner = (G - r, G - c) if r > 0 else (0, G - c)
-                        m[16 * partner[0]:16 * partner[0] + 16,
-                          16 * partner[1]:16 * partner[1] + 16] = 0
-                    xi = torch.fft.ifft2(torch.fft.ifftshift(Fs * m, dim=(-2, -1))).real
-                    cls, pcls = net.logits(xi)
-                    for k in range(C):
-                        idx = torch.nonzero(y[:, k] > 0).flatten()[:budget[k]]
-                        L = (F.softplus(-cls[idx, k]).sum() + F.softplus(-pcls[idx, k]).sum())
-                        mat[k, r, c] = L
-                        if partner:
-                            mat[k, partner[0], partner[1]] = L
-            total += mat
-            for k in range(C):
-                used = min(int((y[:, k] > 0).sum()), budget[k])
-                got[k] = got[k] or used > 0
-                budget[k] -= used
-            if all(b == 0 for b in budget):
-                break
-        lmap = F.interpolate(total[None], size=(S, S), mode="bicubic", align_corners=False)[0]
-        top = lmap.flatten(1).max(1).values
-        self.max_loss = top if self.max_loss is None else torch.maximum(self.max_loss, top)
-        for k in range(C):
-            if got[k]:
-                lo = lmap[k].min()
-                d = self.max_loss[k] - lo
-                self.masks[k] = 0 if d == 0 else (lmap[k] - lo) / d
-        return total, self.masks.clone()
 
 
 @pytest.mark.parametrize("S,C,n,cells_per_forward", [(64, 3, 2, 1), (80, 4, 3, 7)])
@@ -160,28 +110,6 @@ def test_suppress_frequencies_float32_and_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out2, _ = suppress_frequencies(x, y, m)
     torch.testing.assert_close(out2.double(), ref, rtol=1e-5, atol=1e-5)
-
-
-def literal_miou(cams, gts, thresholds, K=21):
-    """SPEC section 7 as the reference does it: one full pass per threshold."""
-    res = []
-    for t in thresholds:
-        TP, P, T = np.zeros(K), np.zeros(K), np.zeros(K)
-        for d, gt in zip(cams, gts):
-            vol = np.zeros((K,) + gt.shape, np.float32)
-            for k, m in d.items():
-                vol[k + 1] = m
-            vol[0] = t
-            pred = vol.argmax(0)
-            cal = gt < 255
-            for i in range(K):
-                P[i] += ((pred == i) & cal).sum()
-                T[i] += ((gt == i) & cal).sum()
-                TP[i] += ((gt == i) & (pred == i) & cal).sum()
-        iou = TP / (T + P - TP + 1e-10) * 100
-        res.append(iou)
-    res = np.array(res)
-    return res.mean(1), res
 
 
 def test_cam_miou_matches_literal(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.reference import literal_forward, ref_losses
 from models import build_model, init_from_deit, load_model_weights, pcss_losses
 from models.checkpoint import load_state_dict_file
 from utils.cam import cam_dict, max_norm
@@ -21,34 +22,6 @@ def small(C=3, S=64, D=32, depth=3, heads=2, dpr=0.0, dtype=torch.float64, seed=
     torch.manual_seed(seed)
     return build_model(num_classes=C, img_size=S, embed_dim=D, depth=depth, num_heads=heads,
                        drop_path_rate=dpr).to(dtype)
-
-
-def literal_forward(net, x, n_layers=12):
-    """SPEC section 1 spelled out with explicit per-head attention and list stacking."""
-    C = net.num_classes
-    B, _, H, W = x.shape
-    p = net.patch_embed(x)
-    h, w = p.shape[-2:]
-    t = torch.cat([net.cls_token.expand(B, -1, -1), p.flatten(2).transpose(1, 2)], 1)
-    t = t + net.interpolate_pos_encoding(h * w, H, W)
-    attns = []
-    for blk in net.blocks:
-        a = blk.attn
-        y = blk.norm1(t)
-        qkv = a.qkv(y).reshape(B, -1, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        att = ((q @ k.transpose(-2, -1)) * a.scale).softmax(-1)
-        attns.append(att.mean(1))
-        t = t + a.proj((att @ v).transpose(1, 2).reshape(B, -1, t.shape[-1]))
-        t = t + blk.mlp(blk.norm2(t))
-    cls = t[:, :C].mean(-1)
-    fmap = net.head(t[:, C:].reshape(B, h, w, -1).permute(0, 3, 1, 2))
-    cams = F.relu(fmap)
-    A = torch.stack(attns)
-    mtatt = A[-n_layers:].mean(0)[:, :C, C:].reshape(B, C, h, w)
-    patch_attn = A.sum(0)[:, C:, C:]
-    rc = torch.einsum("bij,bcj->bci", patch_attn, (mtatt * cams).reshape(B, C, -1))
-    return cls, fmap.mean((2, 3)), cams, rc.reshape(B, C, h, w)
 
 
 @pytest.mark.parametrize("C,S,D,depth,heads,hw", [(3, 64, 32, 3, 2, (64, 64)),
@@ -158,33 +131,6 @@ def test_init_from_deit_repeats_tokens_and_resamples(tmp_path):
         init_from_deit(net, bad)
 
 
-def literal_losses(net, x, y, epoch, masks, perm, wf, wm, k, r):
-    """SPEC section 3 step by step, with the per-class FSS loop of the reference."""
-    mlsm = F.multilabel_soft_margin_loss
-    out = net(x, merge_block=k)
-    L = {"cls": mlsm(out["cls"], y) + mlsm(out["pcls"], y)}
-    imgs, valid = [], []
-    for b in range(x.shape[0]):
-        present = torch.nonzero(y[b] > 0).flatten()
-        if len(present) == 0:
-            imgs.append(x[b]); valid.append(0.0)
-            continue
-        Fs = torch.fft.fftshift(torch.fft.fft2(x[b]), dim=(-2, -1))
-        acc = [torch.fft.ifft2(torch.fft.ifftshift(Fs * (1 - masks[c]), dim=(-2, -1))).real
-               for c in present]
-        imgs.append(torch.stack(acc).mean(0)); valid.append(1.0)
-    out_s = net(torch.stack(imgs), merge_block=k)
-    L["cls_fss"] = mlsm(out_s["cls"], y) + mlsm(out_s["pcls"], y)
-    v = torch.tensor(valid, dtype=x.dtype).reshape(-1, 1, 1, 1)
-    L["cam_fss"] = wf * ((max_norm(out["cams"]) - max_norm(out_s["cams"])).abs() * v).mean()
-    X = out["x_patch"]
-    mag = r * torch.fft.fft2(X).abs() + (1 - r) * torch.fft.fft2(X[perm]).abs().detach()
-    out_m = net(x, merge_block=k, mag=mag)
-    L["cls_mpc"] = mlsm(out_m["cls"], y) + mlsm(out_m["pcls"], y)
-    L["cam_mpc"] = wm * (max_norm(out["rcams"]).detach() - max_norm(out_m["rcams"])).abs().mean()
-    return L
-
-
 @pytest.mark.parametrize("reuse", [False, True])
 def test_pcss_losses_match_literal_and_gradients(reuse):
     net = small(C=4, S=48, D=24, depth=3, heads=3).train()
@@ -198,8 +144,8 @@ def test_pcss_losses_match_literal_and_gradients(reuse):
     L["total"].backward()
     got = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
     net.zero_grad(set_to_none=True)
-    ref = literal_losses(net, x, y, 5, masks, perm, 1.5, 0.7, 1, 0.4)
-    sum(ref.values()).backward()
+    ref = ref_losses(net, x, y, masks, perm, 1.5, 0.7, 1, 0.4)
+    ref.pop("total").backward()
     for k in ref:
         torch.testing.assert_close(L[k], ref[k], rtol=1e-10, atol=1e-13)
     for n, p in net.named_parameters():
@@ -262,8 +208,8 @@ def test_shared_prefix_equals_full_recompute_with_drop_path():
     got = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
     net.zero_grad(set_to_none=True)
     torch.manual_seed(11)
-    ref = literal_losses(net, x, y, 5, masks, perm, 1.5, 0.7, 2, 0.4)
-    sum(ref.values()).backward()
+    ref = ref_losses(net, x, y, masks, perm, 1.5, 0.7, 2, 0.4)
+    ref.pop("total").backward()
     assert torch.equal(after, torch.rand(3))   # the same number of random draws
     for k in ref:
         torch.testing.assert_close(L[k], ref[k], rtol=1e-10, atol=1e-13)
