@@ -8,25 +8,14 @@ models/pretrain.py for why). The output loads with ``train_PCSS.py --finetune PA
 from __future__ import annotations
 
 import argparse
-import os
 
-import torch
-from torch.utils.data import DataLoader
-
-import datasets
-from datasets.layout import layout
-from engine.pretrain import pretrain_one_epoch
-from models import build_arch
-from models.pretrain import ColourDenoiser
-from utils.args import common_parent, default_input_size
-from utils.checkpoint import atomic_save
+from utils.args import device_parent, network_parent, parse_args, run_parent
 from utils.errors import run_main
-from utils.runtime import resolve_device, seed_everything
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
-        common_parent("TOY", "experiment/demo/toy")],
+        run_parent("TOY", "experiment/demo/toy"), network_parent(), device_parent(amp=False)],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(arch="toy", num_workers=2)
     p.add_argument("--epochs", type=int, default=10)
@@ -41,20 +30,40 @@ def get_args_parser():
 
 
 def main(args) -> str:
-    device = resolve_device(args.device)
+    from utils.runtime import resolve_device
+
+    return run(args, resolve_device(args.device))
+
+
+def run(args, device) -> str:
+    import os
+
+    import torch
+
+    from datasets import build_dataset
+    from datasets.layout import layout
+    from datasets.loader import make_loader
+    from engine.pretrain import pretrain_one_epoch
+    from models import build_arch
+    from models.pretrain import ColourDenoiser
+    from utils.args import default_input_size
+    from utils.checkpoint import atomic_save
+    from utils.runtime import seed_everything
+
     lay = layout(args.data_set, args.data_path)
     size = default_input_size(args)
-    ds = datasets.build_dataset(args.data_set, args.data_path, args.train_list or lay.train_list,
-                                "train", size, augment="light")
+    ds = build_dataset(args.data_set, args.data_path, args.train_list or lay.train_list,
+                       "train", size, augment="light")
     out = args.out or os.path.join("experiment", args.name, "pretrain", f"deit_{args.arch}.pth")
     seed_everything(args.seed)
     model = ColourDenoiser(build_arch(args.arch, 1, size, drop_path_rate=0.0)).to(device)
+    if args.compile:
+        from models import compile_network
+        model.net = compile_network(model.net)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    g = torch.Generator()
-    g.manual_seed(args.seed)
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.num_workers, generator=g,
-                        persistent_workers=args.num_workers > 0)
+    loader = make_loader(ds, args.batch_size, args.num_workers, device, shuffle=True,
+                         drop_last=True, persistent=True)
+    loader.generator.manual_seed(args.seed)      # one stream over all epochs
     for epoch in range(args.epochs):
         loss = pretrain_one_epoch(model, loader, optimizer, device, args.mask_ratio,
                                   args.noise_std, epoch)
@@ -65,4 +74,4 @@ def main(args) -> str:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(get_args_parser().parse_args()))
+    run_main(lambda: main(parse_args(get_args_parser())))

@@ -3,14 +3,16 @@
 
     python train_PCSS_coco.py --name pcss_coco --data-path data/COCO2014
 """
-from train_PCSS import get_args_parser, main
+import train_PCSS
+from train_PCSS import main
+from utils.args import parse_args
 from utils.errors import run_main
 
 
-def get_coco_args_parser():
-    return get_args_parser("COCO", "data/COCO2014", W=(0.4, 0.4), fim_start_epo=3,
-                           mpc_cam_start_epo=3, val_start_epo=10)
+def get_args_parser():
+    return train_PCSS.get_args_parser("COCO", "data/COCO2014", W=(0.4, 0.4), fim_start_epoch=3,
+                                      mpc_cam_start_epoch=3, val_start_epoch=10)
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(get_coco_args_parser().parse_args()))
+    run_main(lambda: main(parse_args(get_args_parser())))

@@ -78,10 +78,11 @@ def save_label_dict(path: str, labels: Dict[str, np.ndarray]) -> None:
 
 
 def label_array(path: str, ids: Sequence[str], num_classes: int, hint: str,
-                key: Callable[[str], str] = str) -> np.ndarray:
+                key: Callable[[object], str] = str) -> np.ndarray:
     """The labels of ``ids`` from ``cls_labels.npy`` at ``path`` as an N x C float32 array.
 
-    ``key`` maps both the ids and the file's keys to one form (e.g. bare COCO ids). A
+    ``key`` maps both the ids and the file's keys (strings, or integers in IRN-style files)
+    to one form (``datasets.layout.label_key``: bare COCO ids, VOC devkit ids). A
     ``UserError`` (ending with ``hint``, the command that remakes the file) when the file is
     missing or unreadable, lacks some ids, or holds vectors of another length.
     """
@@ -92,7 +93,7 @@ def label_array(path: str, ids: Sequence[str], num_classes: int, hint: str,
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise UserError(f"{path} is not a readable cls_labels.npy ({e}). To recreate it, "
                         f"{hint}.") from None
-    table = {key(str(k)): v for k, v in stored.items()}
+    table = {key(k): v for k, v in stored.items()}
     missing = [i for i in ids if key(i) not in table]
     if missing:
         raise UserError(f"{path} has no label for some listed images ("

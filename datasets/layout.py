@@ -9,6 +9,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
+
+from utils.choices import DATA_SETS
 from utils.errors import UserError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -31,7 +34,6 @@ COCO_CLASSES = (
 # The synthetic set (datasets/toy.py): classes recognisable by colour family and texture.
 TOY_CLASSES = ("red", "green", "blue", "yellow")
 
-DATA_SETS = ("VOC12", "COCO", "TOY")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Layout:
     infer_list: str           # default list for infer_PCSS.py
     eval_list: str            # default list for evaluation.py
     label_file: str           # cls_labels.npy: id -> float32 vector of C
+    seg_val_list: str         # default list for infer_seg.py (the segmentation val set)
 
     @property
     def num_classes(self) -> int:
@@ -84,6 +87,19 @@ def coco_id(image_id: str) -> str:
     return image_id
 
 
+def label_key(data_set: str, key) -> str:
+    """The canonical id of a ``cls_labels.npy`` key or a list id: COCO ids bare
+    (``COCO_train2014_000000000009`` and the integer 9 -> ``000000000009``); VOC ids in the
+    devkit form, also from the integer form IRN-style repositories key their labels by
+    (``2007000032`` -> ``2007_000032``)."""
+    if data_set == "COCO":
+        return f"{int(key):012d}" if isinstance(key, (int, np.integer)) else coco_id(str(key))
+    text = str(int(key)) if isinstance(key, (int, np.integer)) else str(key)
+    if data_set == "VOC12" and len(text) == 10 and text.isdigit():
+        return f"{text[:4]}_{text[4:]}"
+    return text
+
+
 def coco_split(image_id: str, root: str = "") -> str:
     """'train' or 'val': from a ``COCO_val2014_`` prefix, else whichever folder has it."""
     if "val2014" in image_id:
@@ -111,13 +127,16 @@ def layout(data_set: str, data_path: str, check: bool = True) -> Layout:
     if data_set == "VOC12":
         return Layout("VOC12", data_path, VOC_CLASSES, os.path.join(seg, "train_aug.txt"),
                       os.path.join(seg, "train.txt"), os.path.join(seg, "train_aug.txt"),
-                      os.path.join(seg, "train.txt"), os.path.join(data_path, "cls_labels.npy"))
+                      os.path.join(seg, "train.txt"), os.path.join(data_path, "cls_labels.npy"),
+                      os.path.join(seg, "val.txt"))
     if data_set == "COCO":
         return Layout("COCO", data_path, COCO_CLASSES, os.path.join(data_path, "train14.txt"),
                       os.path.join(data_path, "val_5200.txt"),
                       os.path.join(data_path, "train14.txt"),
                       os.path.join(data_path, "train14.txt"),
-                      os.path.join(data_path, "cls_labels.npy"))
+                      os.path.join(data_path, "cls_labels.npy"),
+                      os.path.join(data_path, "val14.txt"))
     return Layout("TOY", data_path, TOY_CLASSES, os.path.join(seg, "train.txt"),
                   os.path.join(seg, "val.txt"), os.path.join(seg, "val.txt"),
-                  os.path.join(seg, "val.txt"), os.path.join(data_path, "cls_labels.npy"))
+                  os.path.join(seg, "val.txt"), os.path.join(data_path, "cls_labels.npy"),
+                  os.path.join(seg, "val.txt"))

@@ -3,10 +3,12 @@
     python -m datasets.prepare --data-set VOC12 --data-path data/VOC2012
     python -m datasets.prepare --data-set COCO --data-path data/COCO2014
 
-VOC12 writes ``ImageSets/Segmentation/train_aug.txt``, the ids of
-``SegmentationClassAug/*.png`` minus those of ``val.txt`` (10,582 for VOC + SBD), and
-``cls_labels.npy`` for every id of train_aug, train and val, from the object names in
-``Annotations/<id>.xml`` (classes in ``datasets.layout.VOC_CLASSES`` order).
+VOC12 writes ``cls_labels.npy`` for every id of train, val and train_aug from the object
+names in ``Annotations/<id>.xml`` (classes in ``datasets.layout.VOC_CLASSES`` order), and
+``ImageSets/Segmentation/train_aug.txt``, the ids of ``SegmentationClassAug/*.png`` minus
+those of ``val.txt`` (10,582 for VOC + SBD), when SBD's masks are there. Without them an
+existing ``train_aug.txt`` (the authors' two-column file works) is used as the training list,
+and without that only train and val are prepared (one line says what is missing and why).
 
 COCO writes ``cls_labels.npy`` for every mask of ``SegmentationClass/{train2014,val2014}/``
 (mask value k marks class k-1 of the 80; 0 and 255 do not count), ``train14.txt`` and
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from datasets.labels import (labels_from_mask, labels_from_xml, save_label_dict,
                              write_id_list)
 from datasets.layout import COCO_CLASSES, VOC_CLASSES, layout
+from utils.args import parse_args
 from utils.errors import UserError, describe_missing, run_main
 from utils.io import read_label_png
 from utils.lists import read_id_list
@@ -83,33 +86,58 @@ def _require(paths: Sequence[str], what: str) -> None:
         raise UserError(f"{describe_missing(missing, 'required files or folders')}. {what}")
 
 
-def prepare_voc(data_path: str) -> Dict[str, int]:
-    """Write ``train_aug.txt`` and ``cls_labels.npy`` of the VOC 2012 folder ``data_path``;
-    returns ``{written file: number of ids}``."""
+SBD_HINT = ("SBD's augmented masks (SegmentationClassAug/, e.g. from "
+            "https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip) or the "
+            "authors' ImageSets/Segmentation/train_aug.txt")
+
+
+def prepare_voc(data_path: str, report=print) -> Dict[str, int]:
+    """Write ``cls_labels.npy`` (and ``train_aug.txt`` when SBD's masks are there) of the
+    VOC 2012 folder ``data_path``; returns ``{written or used file: number of ids}``.
+
+    Labels come from ``Annotations/<id>.xml`` for every id of train, val and train_aug.
+    train_aug is the ids of ``SegmentationClassAug/*.png`` minus val (written to
+    ``train_aug.txt``); without SBD an existing ``train_aug.txt`` (e.g. the authors'
+    two-column file) is used as it is; without either, ``report`` gets one line saying
+    what is missing and what for, and train / val are still prepared (enough to infer
+    and score the released checkpoint on train.txt)."""
     lay = layout("VOC12", data_path)
     seg = os.path.join(data_path, "ImageSets", "Segmentation")
     aug_dir = os.path.join(data_path, "SegmentationClassAug")
     ann_dir = os.path.join(data_path, "Annotations")
     train_txt, val_txt = os.path.join(seg, "train.txt"), os.path.join(seg, "val.txt")
-    _require([aug_dir, ann_dir, train_txt, val_txt],
+    train_aug_txt = os.path.join(seg, "train_aug.txt")
+    _require([ann_dir, train_txt, val_txt],
              f"{data_path} should be a VOC2012 folder of the devkit (Annotations/, "
-             f"ImageSets/Segmentation/{{train,val}}.txt) with SBD's augmented masks in "
-             f"SegmentationClassAug/ (see README).")
+             f"ImageSets/Segmentation/{{train,val}}.txt); see README.")
     val = set(read_id_list(val_txt))
-    train_aug = sorted(os.path.splitext(n)[0] for n in os.listdir(aug_dir)
-                       if n.endswith(".png") and os.path.splitext(n)[0] not in val)
-    if not train_aug:
-        raise UserError(f"{aug_dir} holds no mask outside val.txt, so train_aug would be "
-                        f"empty. Put SBD's SegmentationClassAug/*.png there (see README).")
+    written: Dict[str, int] = {}
+    if os.path.isdir(aug_dir):
+        train_aug = sorted(os.path.splitext(n)[0] for n in os.listdir(aug_dir)
+                           if n.endswith(".png") and os.path.splitext(n)[0] not in val)
+        if not train_aug:
+            raise UserError(f"{aug_dir} holds no mask outside val.txt, so train_aug would be "
+                            f"empty. Put SBD's SegmentationClassAug/*.png there (see README).")
+        write_id_list(train_aug_txt, train_aug)
+        written[train_aug_txt] = len(train_aug)
+    elif os.path.isfile(train_aug_txt):
+        train_aug = read_id_list(train_aug_txt)
+        report(f"using the existing {train_aug_txt} ({len(train_aug)} ids) as the training "
+               f"list; SegmentationClassAug/ is absent (only needed to score on train_aug)")
+    else:
+        train_aug = []
+        report(f"no train_aug.txt: {aug_dir} (SBD) is missing. It is needed only to train on "
+               f"train_aug (10,582 images, as the paper); get {SBD_HINT}. Train and val are "
+               f"prepared (enough for the released checkpoint on train.txt, or training with "
+               f"--train_list {train_txt}).")
     ids = sorted(set(train_aug) | set(read_id_list(train_txt)) | val)
     xmls = [os.path.join(ann_dir, i + ".xml") for i in ids]
     _require(xmls, "Image-level labels come from Annotations/<id>.xml for every id of "
                    "train_aug, train and val; restore Annotations/ from the VOC 2012 devkit.")
     labels = read_all(xmls, partial(labels_from_xml, classes=VOC_CLASSES), "VOC annotations")
-    train_aug_txt = os.path.join(seg, "train_aug.txt")
-    write_id_list(train_aug_txt, train_aug)
     save_label_dict(lay.label_file, dict(zip(ids, labels)))
-    return {train_aug_txt: len(train_aug), lay.label_file: len(ids)}
+    written[lay.label_file] = len(ids)
+    return written
 
 
 def coco_val_subset(train_ids: Sequence[str], size: int = COCO_VAL_SIZE,
@@ -163,7 +191,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     prepare = prepare_voc if args.data_set == "VOC12" else prepare_coco
     for path, n in prepare(args.data_path).items():
         print(f"wrote {path} ({n} ids)")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from datasets.labels import labels_from_mask, save_label_dict, write_id_list
 from datasets.layout import TOY_CLASSES, Layout, layout
+from utils.args import parse_args
 from utils.errors import UserError, run_main
 from utils.vis import save_label_png
 
@@ -180,7 +181,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     start = time.time()
     lay = make_toy(args.out, args.num_images, args.seed, args.size, args.shortcut,
                    args.val_fraction, progress=True)

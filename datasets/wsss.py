@@ -22,9 +22,11 @@ a legal label: an image with background only).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
@@ -34,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from datasets.labels import label_array, remake_hint
-from datasets.layout import Layout, coco_id, layout
+from datasets.layout import Layout, label_key, layout
 from utils.errors import UserError, describe_missing
 from utils.lists import read_id_list
 
@@ -108,12 +110,15 @@ class WSSSDataset(Dataset):
     """
 
     def __init__(self, lay: Layout, ids: Sequence[str], transform: Callable,
-                 return_id: bool = False):
+                 return_id: bool = False, require_labels: bool = True):
         self.layout = lay
         self.ids = list(ids)
-        key = coco_id if lay.data_set == "COCO" else str
-        self.labels = label_array(lay.label_file, self.ids, lay.num_classes,
-                                  remake_hint(lay.data_set, lay.root), key=key)
+        if require_labels:
+            self.labels = label_array(lay.label_file, self.ids, lay.num_classes,
+                                      remake_hint(lay.data_set, lay.root),
+                                      key=functools.partial(label_key, lay.data_set))
+        else:   # e.g. VOC test images, which have no image-level labels
+            self.labels = np.zeros((len(self.ids), lay.num_classes), np.float32)
         self.paths = [lay.image_path(i) for i in self.ids]
         missing = [p for p in self.paths if not os.path.isfile(p)]
         if missing:

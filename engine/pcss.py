@@ -4,12 +4,14 @@ values; ``train_PCSS.py`` and ``infer_PCSS.py`` wire them together."""
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from datasets.wsss import load_image
 from models.pcss import PCSSConfig
 from utils.cam import cam_dict
 from utils.dist import DistInfo, all_reduce_sum, barrier
@@ -17,16 +19,21 @@ from utils.errors import NonFiniteLoss
 from utils.evaluation import cam_miou, first_peak
 from utils.frequency import FrequencyInfluence
 from utils.io import save_cam_dict
+from utils.manifest import claim_folder, producer
+from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
 from utils.runtime import autocast_context
+from utils.vis import cam_panel, save_jpeg, save_label_png
 
 LOSS_NAMES = ("cls", "cls_fss", "cam_fss", "cls_mpc", "cam_mpc")
 
 
 def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
                     cfg: PCSSConfig, masks: Optional[torch.Tensor], amp: str = "none",
-                    scaler=None, info: DistInfo = DistInfo(), progress: bool = True
-                    ) -> Dict[str, float]:
-    """One epoch of PCSS; returns the epoch means ``loss_<term>`` (over all ranks)."""
+                    scaler=None, info: DistInfo = DistInfo(), progress: bool = True,
+                    last_good: Optional[str] = None) -> Dict[str, float]:
+    """One epoch of PCSS; returns the epoch means ``loss_<term>`` (over all ranks).
+    A non-finite loss raises ``NonFiniteLoss`` naming ``last_good`` (the checkpoint to go
+    back to) when that file exists."""
     model.train()
     if masks is not None:
         masks = masks.to(device=device, dtype=torch.float32)
@@ -41,11 +48,14 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
             L = cfg.losses(model, images, labels, epoch, masks, perm)
         total = L["total"]
         if not torch.isfinite(total):
+            back = (f"the last good state is {last_good} (--resume continues from it)"
+                    if last_good and os.path.isfile(last_good) else
+                    "no checkpoint was written before it")
             raise NonFiniteLoss(
                 f"the loss became {float(total)} at epoch {epoch}, step {step} "
-                f"({', '.join(f'{k}={float(L[k]):.4g}' for k in LOSS_NAMES)}). Training stopped; "
-                f"the last good checkpoint is ckpt/last.pth. Try a lower --lr, --amp none "
-                f"(or bf16 instead of fp16), and check the data.")
+                f"({', '.join(f'{k}={float(L[k]):.4g}' for k in LOSS_NAMES)}). Training "
+                f"stopped; {back}. Try a lower --lr, --amp none (or bf16 instead of fp16), "
+                f"and check the data.")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
@@ -109,13 +119,88 @@ def dict_writer(out_dir: str) -> Callable[[str, Dict[int, np.ndarray]], None]:
     return lambda image_id, cams: save_cam_dict(os.path.join(out_dir, f"{image_id}.npy"), cams)
 
 
+_EXT = {"dict": ".npy", "png": ".png", "vis": ".jpg", "crf": ".npy", "crf_png": ".png"}
+
+
+@dataclass
+class SeedWriter:
+    """The ``generate_seeds`` writer of ``infer_PCSS.py``: every asked-for output of an
+    image. ``folders`` maps an output kind to its folder; kinds are ``"dict"``, ``"png"``,
+    ``"vis"`` and, per CRF alpha a, ``("crf", a)`` (PSA score dicts) and ``("crf_png", a)``."""
+    folders: Dict[Union[str, Tuple[str, float]], str]
+    threshold: float                       # background score of the "png" pseudo labels
+    class_names: Sequence[str]
+    image_path: Callable[[str], str]       # id -> RGB image file (CRF, overlays, sizes)
+
+    @classmethod
+    def plan(cls, exp_dir: str, dict: bool = True, png: bool = False, vis: bool = False,
+             crf_alphas: Sequence[float] = (), crf_png_alphas: Sequence[float] = (),
+             **kw) -> "SeedWriter":
+        folders: Dict[Union[str, Tuple[str, float]], str] = {
+            kind: os.path.join(exp_dir, kind)
+            for kind, on in (("dict", dict), ("png", png), ("vis", vis)) if on}
+        for kind, alphas in (("crf", crf_alphas), ("crf_png", crf_png_alphas)):
+            folders.update({(kind, a): os.path.join(exp_dir, kind, f"{a:g}") for a in alphas})
+        return cls(folders, **kw)
+
+    def _kind(self, folder: str) -> str:
+        kind = next(k for k, d in self.folders.items() if d == folder)
+        return kind[0] if isinstance(kind, tuple) else kind
+
+    def extensions(self, folder: str) -> Tuple[str]:
+        return (_EXT[self._kind(folder)],)
+
+    def producers(self, weights: dict, **settings) -> Dict[str, dict]:
+        """Each folder's manifest record: the weights and the settings its outputs depend
+        on (the threshold for png, the alpha for CRF folders)."""
+        out = {}
+        for kind, folder in self.folders.items():
+            extra = {"threshold": self.threshold} if kind == "png" else {}
+            if isinstance(kind, tuple):
+                extra = {"alpha": kind[1]}
+            out[folder] = producer(weights, **settings, **extra)
+        return out
+
+    def paths(self, image_id: str) -> Dict[Union[str, Tuple[str, float]], str]:
+        return {kind: os.path.join(d, image_id + _EXT[kind[0] if isinstance(kind, tuple)
+                                                         else kind])
+                for kind, d in self.folders.items()}
+
+    def done(self, image_id: str) -> bool:
+        return all(os.path.isfile(p) for p in self.paths(image_id).values())
+
+    def __call__(self, image_id: str, cams: Dict[int, np.ndarray]) -> None:
+        """Write every output of one image (the RGB file is read once, when needed)."""
+        rgb, crf = None, {}
+        if not cams or any(k == "vis" or isinstance(k, tuple) for k in self.folders):
+            rgb = np.asarray(load_image(self.image_path(image_id)))
+        shape = next(iter(cams.values())).shape if cams else rgb.shape[:2]
+        for kind, path in self.paths(image_id).items():
+            if isinstance(kind, tuple) and kind[1] not in crf:
+                crf[kind[1]] = crf_score_dict(rgb, cams, kind[1])
+            if kind == "dict":
+                save_cam_dict(path, cams)
+            elif kind == "png":
+                save_label_png(path, pseudo_label(cams, self.threshold, shape))
+            elif kind == "vis":
+                save_jpeg(path, cam_panel(rgb, cams, self.class_names))
+            elif kind[0] == "crf":
+                save_cam_dict(path, crf[kind[1]])
+            else:
+                save_label_png(path, score_dict_label(crf[kind[1]]))
+
+
 def validate(model, loader, names: Sequence[str], gt_files: Sequence[str], out_dir: str,
              device: torch.device, thresholds: Sequence[float], num_classes: int,
-             amp: str = "none", info: DistInfo = DistInfo(), progress: bool = True
-             ) -> Optional[Tuple[float, float, np.ndarray]]:
-    """Seeds of this rank's share of the validation list (``loader``), then on the main
-    process the threshold search of SPEC section 7 over all ``names``. Returns
+             amp: str = "none", info: DistInfo = DistInfo(), progress: bool = True,
+             made_by: Optional[dict] = None) -> Optional[Tuple[float, float, np.ndarray]]:
+    """Seeds of this rank's share of the validation list (``loader``) into ``out_dir``
+    (emptied first; its manifest records ``made_by``), then on the main process the
+    threshold search of SPEC section 7 over all ``names``. Returns
     ``(miou, threshold, miou_per_threshold)`` on the main process, None elsewhere."""
+    if info.is_main:
+        claim_folder(out_dir, made_by or producer(None), (".npy",), "replace")
+    barrier(info)
     generate_seeds(model, loader, device, dict_writer(out_dir), amp,
                    progress=progress and info.is_main, desc="validation seeds")
     barrier(info)

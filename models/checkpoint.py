@@ -1,31 +1,40 @@
-"""Checkpoint loading and conversion (pure functions, timm ``checkpoint_filter_fn`` style).
+"""Weight files: which file, how it loads, which tensors train (timm
+``checkpoint_filter_fn`` style: conversion as pure functions).
 
-All files are read with ``torch.load(..., weights_only=True)``: a checkpoint that would run
-code when unpickled is refused with a ``UserError``.
+- Reading: ``read_checkpoint`` / ``load_state_dict_file`` accept the layouts researchers
+  have on disk (``unwrap_state_dict``). Every file is read with
+  ``torch.load(..., weights_only=True)``: a checkpoint that would run code when unpickled is
+  refused with a ``UserError``.
+- Loading: ``load_model_weights`` (strict, names what does not match), ``init_from_deit``
+  (ImageNet DeiT -> C class tokens, SPEC section 2), ``load_network`` (build + load + eval).
+- Which file: ``deit_weights`` (the ImageNet weights of ``--finetune``), ``epoch_checkpoint``
+  (``--load_epo``).
+- Training: ``freeze_parameters`` (``--freeze`` patterns).
 """
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
 import pickle
-from typing import Dict, Mapping, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from models.mct_vit import build_arch
 from utils.errors import UserError, describe_missing
 
 StateDict = Dict[str, torch.Tensor]
 
 
-def load_state_dict_file(path: str) -> StateDict:
-    """Read a state dict: a bare one, or the value of ``model`` / ``state_dict`` in a dict.
-
-    A ``module.`` prefix (DistributedDataParallel) is removed.
-    """
+def read_checkpoint(path: str):
+    """The object stored at ``path``, read with ``weights_only=True``; ``UserError`` for a
+    missing or unreadable file and for a pickle that would run code."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(
             f"refusing to load {path}: it holds Python objects other than tensors, which "
@@ -35,23 +44,51 @@ def load_state_dict_file(path: str) -> StateDict:
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"cannot read checkpoint {path}: {e}. The file may be truncated "
                         f"or not a PyTorch checkpoint.") from None
+
+
+def unwrap_state_dict(obj, what: str = "the checkpoint") -> Tuple[StateDict, str]:
+    """The state dict inside a checkpoint object, and how it was found.
+
+    Accepted layouts: a bare state dict; ``{'model': ...}`` (DeiT, MCTformer, this
+    project's ``last.pth``); ``{'state_dict': ...}``; keys prefixed ``module.`` (saved from
+    (Distributed)DataParallel, as the authors' training does). The second value says in
+    words which unwrapping was applied ("" for a bare state dict). Anything else is a
+    ``UserError`` naming what was found."""
+    steps = []
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
+                steps.append(f"took its '{key}' entry")
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        kind = (f"a dict with keys {', '.join(map(str, list(obj)[:6]))}"
+                if isinstance(obj, Mapping) else f"a {type(obj).__name__}")
+        raise UserError(f"{what} is not a state dict (names -> tensors) but {kind}. Accepted: "
+                        f"a state dict, {{'model': state dict}}, {{'state_dict': state dict}}, "
+                        f"with or without a 'module.' prefix.")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+        steps.append("removed the 'module.' prefix of its keys")
+    return dict(obj), " and ".join(steps)
 
 
-def _as_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping]) -> StateDict:
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        return load_state_dict_file(os.fspath(path_or_state_dict))
-    sd = dict(path_or_state_dict)
-    if "model" in sd and isinstance(sd["model"], Mapping):
-        sd = dict(sd["model"])
+def load_state_dict_file(path: str, report: Optional[Callable[[str], None]] = None
+                         ) -> StateDict:
+    """Read a state dict file in any layout of ``unwrap_state_dict``; ``report`` (e.g.
+    ``print``) gets one line saying which unwrapping was applied, if any."""
+    sd, how = unwrap_state_dict(read_checkpoint(path), path)
+    if how and report is not None:
+        report(f"{path}: {how}")
     return sd
+
+
+def _as_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping],
+                   report: Optional[Callable[[str], None]] = None) -> StateDict:
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        return load_state_dict_file(os.fspath(path_or_state_dict), report)
+    return unwrap_state_dict(path_or_state_dict, "the state dict given")[0]
 
 
 def deit_to_mct(deit: Mapping[str, torch.Tensor], model) -> StateDict:
@@ -86,9 +123,11 @@ def deit_to_mct(deit: Mapping[str, torch.Tensor], model) -> StateDict:
 def key_mismatches(got: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
                    optional=()) -> str:
     """What keeps ``got`` from loading strictly into a model with state ``own``: missing
-    keys (except those starting with ``optional``), unexpected keys, shape mismatches.
+    keys (except those starting with ``optional`` and BatchNorm's ``num_batches_tracked``,
+    which files saved before PyTorch 0.4.1 lack), unexpected keys, shape mismatches.
     An empty string when it fits."""
-    missing = [k for k in own if k not in got and not k.startswith(tuple(optional))]
+    missing = [k for k in own if k not in got and not k.startswith(tuple(optional))
+               and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in got if k not in own]
     wrong = [f"{k} {tuple(got[k].shape)} vs {tuple(own[k].shape)}"
              for k in got if k in own and got[k].shape != own[k].shape]
@@ -114,20 +153,96 @@ def _resample_pos_embed(pos: torch.Tensor, num_classes: int, grid: int) -> torch
     return torch.cat([cls, patch.permute(0, 2, 3, 1).reshape(1, grid * grid, D)], dim=1)
 
 
-def init_from_deit(net, path_or_state_dict) -> None:
+def init_from_deit(net, path_or_state_dict,
+                   report: Optional[Callable[[str], None]] = None) -> None:
     """Initialise ``net`` from ImageNet DeiT weights (a path or a state dict)."""
-    sd = deit_to_mct(_as_state_dict(path_or_state_dict), net)
+    sd = deit_to_mct(_as_state_dict(path_or_state_dict, report), net)
     with torch.no_grad():
         own = net.state_dict()
         for k, v in sd.items():
             own[k].copy_(v)
 
 
-def load_model_weights(net, path_or_state_dict) -> None:
-    """Strictly load a model state dict (e.g. the released PCSS checkpoint)."""
-    sd = _as_state_dict(path_or_state_dict)
+def load_model_weights(net, path_or_state_dict,
+                       report: Optional[Callable[[str], None]] = None,
+                       hint: str = "Check --arch and --data-set (number of classes).") -> None:
+    """Strictly load a model state dict (e.g. the released PCSS checkpoint, PSA's
+    res38_aff.pth) in any layout of ``unwrap_state_dict``; ``hint`` ends the error."""
+    sd = _as_state_dict(path_or_state_dict, report)
     problems = key_mismatches(sd, net.state_dict())
     if problems:
-        raise UserError(f"checkpoint does not match the model ({problems}). Check --arch and "
-                        f"--data-set (number of classes).")
-    net.load_state_dict(sd, strict=True)
+        raise UserError(f"checkpoint does not match the model ({problems}). {hint}")
+    net.load_state_dict(sd, strict=False)    # everything but num_batches_tracked, checked
+
+
+# ------------------------------------------------------------------------ which file
+DEIT_WEIGHTS = {
+    "deit_small": ("pretrained/deit_small_patch16_224-cd65a155.pth",
+                   "https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth"),
+    "deit_tiny": ("pretrained/deit_tiny_patch16_224-a1311bcf.pth",
+                  "https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth"),
+}
+
+
+def deit_weights(arch: str, finetune: Optional[str]) -> Optional[str]:
+    """The DeiT weights file to start ``arch`` from, or None (from scratch): ``finetune``
+    as given (``none``: from scratch), else the default file of ``arch`` (none for toy).
+    A ``UserError`` with the download address when the file is absent."""
+    value = finetune
+    if value is None:
+        if arch not in DEIT_WEIGHTS:
+            return None
+        value = DEIT_WEIGHTS[arch][0]
+    if value.lower() == "none":
+        return None
+    if not os.path.isfile(value):
+        url = DEIT_WEIGHTS.get(arch, DEIT_WEIGHTS["deit_small"])[1]
+        raise UserError(f"pretrained weights not found: {value}. Download the ImageNet DeiT "
+                        f"weights ({url}) into pretrained/, pass --finetune PATH, or "
+                        f"--finetune none to train from scratch.")
+    return value
+
+
+def epoch_checkpoint(exp_dir: str, epoch: int) -> str:
+    """``<exp_dir>/ckpt/<EEE>net_trm.pth`` (the reference's name); a ``UserError`` listing
+    the epochs the run did save when it is absent."""
+    path = os.path.join(exp_dir, "ckpt", f"{epoch:03d}net_trm.pth")
+    if not os.path.isfile(path):
+        saved = sorted(os.path.basename(f)[:3]
+                       for f in glob.glob(os.path.join(exp_dir, "ckpt", "*net_trm.pth")))
+        have = f"saved epochs: {', '.join(saved)}" if saved else "no epoch checkpoints saved"
+        raise UserError(f"checkpoint not found: {path} ({have}). Check --name / --load_epo, "
+                        f"or pass a state dict with --load_pretrained.")
+    return path
+
+
+def load_network(arch: str, num_classes: int, input_size: int, path: str,
+                 device: torch.device, report: Optional[Callable[[str], None]] = None):
+    """The seed network of ``arch`` with the weights of ``path`` (strict), in eval mode."""
+    net = build_arch(arch, num_classes, img_size=input_size, drop_path_rate=0.0)
+    load_model_weights(net, path, report)
+    return net.to(device).eval()
+
+
+def save_initial_weights(path: str, arch: str, num_classes: int, input_size: int,
+                         seed: int) -> None:
+    """A randomly initialised seed network (the untrained baseline), as a bare state dict."""
+    from utils.checkpoint import atomic_save
+
+    torch.manual_seed(seed)
+    atomic_save(build_arch(arch, num_classes, input_size).state_dict(), path)
+
+
+# -------------------------------------------------------------------------- training
+def freeze_parameters(model, patterns: Sequence[str]) -> int:
+    """``requires_grad=False`` on the parameters whose names match any fnmatch pattern;
+    returns how many. A ``UserError`` when patterns are given but none matches."""
+    n = 0
+    for name, p in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+            p.requires_grad_(False)
+            n += 1
+    if patterns and n == 0:
+        raise UserError(f"--freeze {' '.join(patterns)} matches no parameter name "
+                        f"(names look like 'patch_embed.proj.weight', 'blocks.0.attn.qkv.weight')")
+    return n

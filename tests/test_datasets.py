@@ -5,7 +5,9 @@ Small VOC-, COCO- and toy-format folders are written to tmp_path on the fly.
 import filecmp
 import inspect
 import os
+import pickle
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -19,12 +21,13 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import datasets
 from datasets.labels import labels_from_mask
-from datasets.layout import COCO_CLASSES, TOY_CLASSES, VOC_CLASSES
+from datasets.layout import COCO_CLASSES, TOY_CLASSES, VOC_CLASSES, layout
 from datasets.prepare import coco_val_subset, prepare_coco, prepare_voc
 from datasets.toy import make_toy
 from datasets.wsss import build_transform
 from utils.errors import UserError
 from utils.io import load_npy_dict, read_label_png
+from utils.lists import read_id_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,8 +171,8 @@ def test_labels_from_mask_ignores_background_and_boundary():
 
 
 def test_prepare_reports_missing_subfolders(voc, coco):
-    os.rename(voc / "SegmentationClassAug", voc / "elsewhere")
-    with pytest.raises(UserError, match="SegmentationClassAug"):
+    os.rename(voc / "Annotations", voc / "elsewhere")
+    with pytest.raises(UserError, match="Annotations"):
         prepare_voc(str(voc))
     os.rename(coco / "SegmentationClass" / "val2014", coco / "elsewhere")
     with pytest.raises(UserError, match=r"SegmentationClass/val2014"):
@@ -351,3 +354,96 @@ def test_error_missing_and_corrupt_images(voc):
     ds = datasets.build_dataset("VOC12", str(voc), train, "fim")
     with pytest.raises(UserError, match=r"cannot read image .*2008_000005\.jpg"):
         ds[ds.ids.index("2008_000005")]
+
+
+# ---- files researchers already have (issue 9) -------------------------------------------
+
+def save_old_pickle(path, obj, protocol=2):
+    """``np.save`` of a dict as the authors' ``cls_labels.npy`` is written: an object array
+    pickled with protocol 2, whose arrays rebuild their bytes through ``_codecs.encode``."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False,
+                                                 "shape": ()})
+        pickle.dump(np.array(obj, dtype=object), f, protocol=protocol)
+
+
+def test_authors_protocol2_cls_labels_load(voc):
+    labels = {i: np.eye(20, dtype=np.float32)[k] for k, i in enumerate(VOC_OBJECTS)}
+    save_old_pickle(voc / "cls_labels.npy", labels)
+    with open(voc / "cls_labels.npy", "rb") as f:
+        assert b"_codecs" in f.read()             # the construct the issue is about
+    ds = datasets.build_dataset("VOC12", str(voc), str(voc / "ImageSets/Segmentation/train.txt"),
+                                "fim")
+    for image_id, vec in zip(ds.ids, ds.labels):
+        np.testing.assert_array_equal(vec, labels[image_id])
+
+
+def test_integer_keyed_labels_of_irn_style_repositories(voc):
+    labels = {int(i.replace("_", "")): np.eye(20, dtype=np.float32)[k]
+              for k, i in enumerate(VOC_OBJECTS)}
+    save_old_pickle(voc / "cls_labels.npy", labels, protocol=4)
+    ds = datasets.build_dataset("VOC12", str(voc), str(voc / "ImageSets/Segmentation/val.txt"),
+                                "fim")
+    for image_id, vec in zip(ds.ids, ds.labels):
+        np.testing.assert_array_equal(vec, labels[int(image_id.replace("_", ""))])
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_old_pickles_that_call_anything_else_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    save_old_pickle(tmp_path / "evil.npy", {"2007_000001": _RunsCode(str(marker))})
+    with pytest.raises(pickle.UnpicklingError, match="forbidden object io.open"):
+        load_npy_dict(str(tmp_path / "evil.npy"))
+    assert not marker.exists()
+
+    class Codec:        # _codecs.encode is allowed only as a latin1 bytes builder
+        def __reduce__(self):
+            import _codecs
+            return (_codecs.encode, ("eJwLAAAA", "base64"))
+    save_old_pickle(tmp_path / "codec.npy", {"x": Codec()})
+    with pytest.raises(pickle.UnpicklingError, match="forbidden codec 'base64'"):
+        load_npy_dict(str(tmp_path / "codec.npy"))
+
+
+def test_prepare_voc_without_sbd(voc, capsys):
+    shutil.rmtree(voc / "SegmentationClassAug")
+    written = prepare_voc(str(voc))
+    out = capsys.readouterr().out
+    assert "SegmentationClassAug" in out and "train_aug" in out and "dropbox" in out
+    assert not (voc / "ImageSets/Segmentation/train_aug.txt").exists()
+    assert sorted(load_npy_dict(str(voc / "cls_labels.npy"))) == sorted(VOC_TRAIN + VOC_VAL)
+    assert list(written) == [str(voc / "cls_labels.npy")]
+    datasets.build_dataset("VOC12", str(voc), str(voc / "ImageSets/Segmentation/train.txt"),
+                           "infer")
+
+
+def test_authors_two_column_train_aug_without_sbd(voc, capsys):
+    shutil.rmtree(voc / "SegmentationClassAug")
+    aug = sorted(set(VOC_AUG) - set(VOC_VAL))
+    write_lines(str(voc / "ImageSets/Segmentation/train_aug.txt"),
+                [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in aug])
+    prepare_voc(str(voc))
+    assert "using the existing" in capsys.readouterr().out
+    ds = datasets.build_dataset("VOC12", str(voc), layout("VOC12", str(voc)).train_list, "train",
+                                32)
+    assert ds.ids == aug and len(ds[0]) == 2
+
+
+def test_list_files_crlf_blank_duplicates_and_paths(tmp_path):
+    p = tmp_path / "l.txt"
+    p.write_bytes(b"2007_000001\r\n\r\n  \r\n# comment\r\n2007_000002\r\n")
+    assert read_id_list(str(p)) == ["2007_000001", "2007_000002"]
+    p.write_text("2007_000001\n2007_000002\n2007_000001\n")
+    with pytest.raises(UserError, match="1 ids more than once.*2007_000001"):
+        read_id_list(str(p))
+    for bad in ("../../etc/passwd", "/home/user/VOC/JPEGImages/2007_000001.jpg", "a;b"):
+        p.write_text(bad + "\n")
+        with pytest.raises(UserError, match="l.txt"):
+            read_id_list(str(p))

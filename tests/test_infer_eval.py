@@ -1,12 +1,10 @@
 """infer_PCSS.py and evaluation.py on the synthetic toy set (CPU).
 
-The scripts run as users run them (a subprocess with the experiment folder under its working
-directory) where exit codes, stderr and the absence of tracebacks matter; the other checks call
-the scripts' ``main`` in-process to keep the number of torch start-ups small.
+The scripts run as users run them: a subprocess with the experiment folder under its
+working directory (tests never import a script module); the rest calls the library.
 """
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -15,19 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluation
-import infer_PCSS
 from datasets.layout import TOY_CLASSES
 from datasets.toy import make_toy
 from datasets.wsss import build_dataset
 from models import build_arch
+from models.checkpoint import load_network
 from utils.cam import cam_dict, label_classes
+from utils.crf import crf_available
 from utils.errors import UserError
 from utils.evaluation import cam_miou
 from utils.io import load_cam_dict
+from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = ["--data-set", "TOY", "--data-path", "data", "--arch", "toy", "--num_workers", "0"]
+EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
+DATA = EVAL + ["--arch", "toy"]
 THRESHOLDS = ["--thresholds", "0.30", "0.80", "0.01"]
 
 
@@ -71,7 +71,7 @@ def inferred(work):
 def evaluated(inferred):
     """``evaluation.py --task cam --json out.json`` run once as a subprocess."""
     proc = run_script("evaluation.py", "--name", "run", "--task", "cam", "--json", "out.json",
-                      *THRESHOLDS, *DATA, cwd=inferred)
+                      *THRESHOLDS, *EVAL, cwd=inferred)
     assert proc.returncode == 0, proc.stderr
     return inferred, proc
 
@@ -85,17 +85,18 @@ def exp(work, *parts):
     return os.path.join(str(work), "experiment", "run", *parts)
 
 
-def infer_in_process(work, monkeypatch, *args):
-    monkeypatch.chdir(work)
-    infer_PCSS.main(infer_PCSS.get_args_parser().parse_args(
-        ["--name", "run", "--load_pretrained", "w.pth", *DATA, *args]))
+def infer(work, *args):
+    """``infer_PCSS.py --name run --load_pretrained w.pth`` (+ ``args``) in ``work``."""
+    return run_script("infer_PCSS.py", "--name", "run", "--load_pretrained", "w.pth", *DATA,
+                      *args, cwd=work)
 
 
 # ----------------------------------------------------------------------------- outputs
 def test_dicts_equal_cam_dict(inferred):
     net = toy_net()
     ds = toy_items(inferred)
-    assert sorted(os.listdir(exp(inferred, "dict"))) == sorted(i + ".npy" for i in ds.ids)
+    assert sorted(os.listdir(exp(inferred, "dict"))) == sorted(
+        [i + ".npy" for i in ds.ids] + ["manifest.json"])
     for image, label, image_id in ds:
         got = load_cam_dict(exp(inferred, "dict", image_id + ".npy"))
         want = cam_dict(net, image[None], label)
@@ -130,9 +131,9 @@ def test_vis_jpegs(inferred):
 
 def test_pseudo_label_background_wins_ties():
     cams = {2: np.full((3, 4), 0.4, np.float32)}
-    assert (infer_PCSS.pseudo_label(cams, 0.4, (3, 4)) == 0).all()
-    assert (infer_PCSS.pseudo_label(cams, 0.39, (3, 4)) == 3).all()
-    assert (infer_PCSS.pseudo_label({}, 0.1, (3, 4)) == 0).all()
+    assert (pseudo_label(cams, 0.4, (3, 4)) == 0).all()
+    assert (pseudo_label(cams, 0.39, (3, 4)) == 3).all()
+    assert (pseudo_label({}, 0.1, (3, 4)) == 0).all()
 
 
 def test_multiscale_averages_before_normalising(work):
@@ -148,27 +149,30 @@ def test_multiscale_averages_before_normalising(work):
         assert not np.allclose(multi[k], one[k], atol=1e-3)
 
 
-@pytest.mark.skipif(not infer_PCSS.crf_available(), reason="pydensecrf2 not installed")
+@pytest.mark.skipif(not crf_available(), reason="pydensecrf2 not installed")
 def test_crf_label_follows_the_cam():
     rgb = np.full((40, 40, 3), 30, np.uint8)
     rgb[10:30, 10:30] = 220
     cam = np.zeros((40, 40), np.float32)
     cam[12:28, 12:28] = 0.9
-    got = infer_PCSS.crf_label(rgb, {1: cam}, alpha=4)
+    scores = crf_score_dict(rgb, {1: cam}, alpha=4)
+    assert sorted(scores) == [0, 2] and all(v.dtype == np.float32 for v in scores.values())
+    got = score_dict_label(scores)
     assert (got[15:25, 15:25] == 2).all() and (got[:5] == 0).all()
 
 
-def test_skip_existing_and_overwrite(inferred, monkeypatch, capsys):
+def test_skip_existing_and_overwrite(inferred):
     ids = toy_items(inferred).ids
     paths = [exp(inferred, "dict", i + ".npy") for i in ids]
     for p in paths:
         os.utime(p, (1e9, 1e9))
     os.remove(paths[0])
-    infer_in_process(inferred, monkeypatch, "--dict")
-    assert f"{len(ids) - 1} of this process's {len(ids)} already done" in capsys.readouterr().out
+    proc = infer(inferred, "--dict")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(ids) - 1} of this process's {len(ids)} already done" in proc.stdout
     assert os.path.getmtime(paths[0]) > 1e9                       # recomputed
     assert all(os.path.getmtime(p) == 1e9 for p in paths[1:])     # skipped
-    infer_in_process(inferred, monkeypatch, "--dict", "--overwrite")
+    assert infer(inferred, "--dict", "--overwrite").returncode == 0
     assert all(os.path.getmtime(p) > 1e9 for p in paths)
 
 
@@ -194,22 +198,31 @@ def test_evaluation_json_agrees_with_cam_miou(evaluated):
     assert os.path.isfile(exp(work, "miou_vs_threshold.png"))
 
 
-def test_png_threshold_defaults_to_best_of_evaluation(evaluated, monkeypatch, capsys):
+def test_png_threshold_defaults_to_best_of_evaluation(evaluated):
     work, _ = evaluated
     with open(exp(work, "eval_cam.json")) as f:
         cam = json.load(f)
-    infer_in_process(work, monkeypatch, "--png", "--overwrite")
-    assert f"--png threshold {cam['best_threshold']:.2f}" in capsys.readouterr().out
-    args = evaluation.get_args_parser().parse_args(["--name", "run", "--task", "png", *DATA])
-    png = evaluation.evaluate(args)
-    assert png["best_miou"] == pytest.approx(cam["best_miou"], abs=1e-9)
-
-
-def test_evaluation_does_not_import_torch():
-    code = "import evaluation, sys; assert 'torch' not in sys.modules, 'torch imported'"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = infer(work, "--png", "--overwrite")
+    assert f"--png threshold {cam['best_threshold']:.2f}" in proc.stdout, proc.stderr
+    proc = run_script("evaluation.py", "--name", "run", "--task", "png", *EVAL, cwd=work)
     assert proc.returncode == 0, proc.stderr
+    with open(exp(work, "eval_png.json")) as f:
+        png = json.load(f)
+    assert png["best_miou"] == pytest.approx(cam["best_miou"], abs=1e-9)
+    assert "predictions made by " + os.path.abspath(str(work / "w.pth")) in proc.stdout
+
+
+def test_evaluation_does_not_import_torch(evaluated):
+    """``python -X importtime`` lists every module the program imports."""
+    work, _ = evaluated
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "evaluation.py"),
+                           "--name", "run", *THRESHOLDS, *EVAL], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "numpy" in imported and "torch" not in imported
 
 
 # ------------------------------------------------------------------------------ errors
@@ -243,19 +256,21 @@ def test_missing_checkpoint_is_a_clean_error(work):
     (["--data-path", "no_data"], "data directory not found: no_data"),
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
     pytest.param(["--crf"], "pip install pydensecrf2", marks=pytest.mark.skipif(
-        infer_PCSS.crf_available(), reason="pydensecrf2 is installed")),
+        crf_available(), reason="pydensecrf2 is installed")),
 ])
-def test_infer_input_errors(work, monkeypatch, args, message):
-    """Raised as ``UserError`` (which ``run_main`` prints without a traceback, as the
-    subprocess tests show) before any image is processed."""
-    with pytest.raises(UserError, match=re.escape(message)):
-        infer_in_process(work, monkeypatch, *args)
+def test_infer_input_errors(work, args, message):
+    """A clean message (no traceback, exit 2) before any image is processed."""
+    proc = run_script("infer_PCSS.py", "--name", "errors", "--load_pretrained", "w.pth",
+                      *DATA, *args, cwd=work)
+    assert_clean_error(proc, message)
+    assert proc.returncode == 2
+    assert not os.path.isdir(work / "experiment" / "errors" / "dict")
 
 
 def test_wrong_architecture_names_the_keys(work):
     with pytest.raises(UserError, match="checkpoint does not match"):
-        infer_PCSS.load_network("deit_tiny", len(TOY_CLASSES), 96, str(work / "w.pth"),
-                                torch.device("cpu"))
+        load_network("deit_tiny", len(TOY_CLASSES), 96, str(work / "w.pth"),
+                     torch.device("cpu"))
 
 
 def test_evaluation_errors_are_clear(inferred):
@@ -272,7 +287,7 @@ def test_evaluation_errors_are_clear(inferred):
         (["--name", "run", "--gt_dir", "empty_gt"], "6 ground-truth PNGs in empty_gt missing"),
     ]
     for args, message in cases:
-        assert_clean_error(run_script("evaluation.py", *args, *DATA, cwd=work), message)
+        assert_clean_error(run_script("evaluation.py", *args, *EVAL, cwd=work), message)
 
 
 def test_torchrun_splits_the_list_and_matches_one_process(inferred):
@@ -283,8 +298,8 @@ def test_torchrun_splits_the_list_and_matches_one_process(inferred):
                            "--name", "ddp", "--load_pretrained", "w.pth", *DATA],
                           cwd=inferred, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = sorted(os.listdir(inferred / "experiment" / "run" / "dict"))
-    two = sorted(os.listdir(inferred / "experiment" / "ddp" / "dict"))
+    one = sorted(p.name for p in (inferred / "experiment" / "run" / "dict").glob("*.npy"))
+    two = sorted(p.name for p in (inferred / "experiment" / "ddp" / "dict").glob("*.npy"))
     assert one == two and len(one) == 6
     for name in one:
         a = load_cam_dict(str(inferred / "experiment" / "run" / "dict" / name))

@@ -95,6 +95,34 @@ def test_checkpoint_round_trip_and_strict_errors(tmp_path):
         load_model_weights(other, sd)
 
 
+@pytest.mark.parametrize("wrap,how", [
+    (lambda sd: sd, None),
+    (lambda sd: {"model": sd, "epoch": 3}, "took its 'model' entry"),
+    (lambda sd: {"state_dict": sd}, "took its 'state_dict' entry"),
+    (lambda sd: {"module." + k: v for k, v in sd.items()}, "removed the 'module.' prefix of its keys"),
+    (lambda sd: {"model": {"module." + k: v for k, v in sd.items()}},
+     "took its 'model' entry and removed the 'module.' prefix of its keys"),
+])
+def test_checkpoint_layouts_researchers_have(tmp_path, wrap, how):
+    net = small(dtype=torch.float32)
+    torch.save(wrap(net.state_dict()), tmp_path / "w.pth")
+    other, said = small(dtype=torch.float32, seed=1), []
+    load_model_weights(other, str(tmp_path / "w.pth"), report=said.append)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 other.state_dict().values()))
+    assert said == ([] if how is None else [f"{tmp_path / 'w.pth'}: {how}"])
+
+
+def test_other_checkpoint_layouts_stay_strict_named_errors(tmp_path):
+    net = small(dtype=torch.float32)
+    torch.save({"weights": net.state_dict(), "epoch": 1}, tmp_path / "a.pth")
+    with pytest.raises(UserError, match="not a state dict.*keys weights, epoch"):
+        load_model_weights(net, str(tmp_path / "a.pth"))
+    torch.save({"backbone." + k: v for k, v in net.state_dict().items()}, tmp_path / "b.pth")
+    with pytest.raises(UserError, match="checkpoint does not match the model.*missing"):
+        load_model_weights(net, str(tmp_path / "b.pth"))
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("true",))

@@ -1,16 +1,23 @@
 """Argument definitions shared by the scripts (deit's ``get_args_parser(add_help=False)``
-habit): each function returns a parent parser; scripts combine them with ``parents=[...]``
-and differ only in defaults. Flag names follow the reference repository.
+habit): each ``*_parent`` returns a parent parser that scripts combine with
+``parents=[...]``; the VOC and COCO entry points differ only in defaults. Flag names follow
+the reference repositories (PCSS, MCTformer, PSA); inside the code every quantity has one
+name, given here with ``dest`` (``--mpc_idx`` -> ``mpc_block``, ...). No torch import: every
+script answers ``--help`` and checks its flags at once.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Optional, Sequence
 
-from datasets.layout import DATA_SETS
+from utils.choices import AMP_MODES, ARCHS, DATA_SETS
 
 
-def common_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012") -> argparse.ArgumentParser:
-    """Run name, data, network and device options used by every script."""
+def run_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012",
+               workers: bool = True) -> argparse.ArgumentParser:
+    """Run name and data options used by every script."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("run and data")
     g.add_argument("--name", required=True,
@@ -19,18 +26,38 @@ def common_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012") -> a
                    choices=DATA_SETS, help="dataset")
     g.add_argument("--data-path", "--data_path", dest="data_path", default=data_path,
                    help="dataset root")
-    g.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=4,
-                   help="DataLoader worker processes (0: load in the main process)")
-    g = p.add_argument_group("network and device")
-    g.add_argument("--arch", default="deit_small", choices=("deit_small", "deit_tiny", "toy"),
+    if workers:
+        g.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
+                       default=4, help="worker processes for loading (0: the main process)")
+    return p
+
+
+def device_parent(amp: bool = True) -> argparse.ArgumentParser:
+    """Device, seed, mixed precision and compilation: every script that runs a network."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    g.add_argument("--seed", type=int, default=0)
+    if amp:
+        g.add_argument("--amp", choices=AMP_MODES, default="none",
+                       help="mixed precision (FFTs stay in float32); fp16 needs a GPU")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the network through torch.compile (same numbers to float32 "
+                        "rounding; a warm-up of seconds to minutes at the start)")
+    return p
+
+
+def network_parent() -> argparse.ArgumentParser:
+    """The seed-stage network (train_PCSS.py, infer_PCSS.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("network")
+    g.add_argument("--arch", default="deit_small", choices=ARCHS,
                    help="network width/depth: deit_small (the paper), deit_tiny, or toy (a "
                         "small CPU-friendly network for the synthetic set)")
     g.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
                    help="square training size S, a multiple of 16 (default 224; 96 for the "
                         "TOY set, whose images are 96 px)")
-    g.add_argument("--device", default="auto",
-                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    g.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -41,9 +68,9 @@ def default_input_size(args) -> int:
     return args.input_size
 
 
-def train_parent(W=(2.0, 2.0), fim_start_epo: int = 2, mpc_cam_start_epo: int = 0,
-                 val_start_epo: int = 9) -> argparse.ArgumentParser:
-    """Training options; VOC and COCO scripts differ only in these defaults."""
+def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: int = 0,
+                 val_start_epoch: int = 9) -> argparse.ArgumentParser:
+    """Seed-stage training options; VOC and COCO scripts differ only in these defaults."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data lists")
     g.add_argument("--train_list", default=None,
@@ -72,16 +99,20 @@ def train_parent(W=(2.0, 2.0), fim_start_epo: int = 2, mpc_cam_start_epo: int = 
     g.add_argument("--W", type=float, nargs=2, default=list(W), metavar=("W_FSS", "W_MPC"),
                    help="loss weights of shortcut suppression and phase concentration "
                         "(0 0 is the plain multi-class-token model)")
-    g.add_argument("--fim_start_epo", type=int, default=fim_start_epo)
-    g.add_argument("--fim_interval_epo", type=int, default=3)
-    g.add_argument("--fim_ipc", type=int, default=100, help="FIM images per class per round")
+    g.add_argument("--fim_start_epo", dest="fim_start_epoch", type=int,
+                   default=fim_start_epoch, help="first epoch after which a FIM round runs")
+    g.add_argument("--fim_interval_epo", dest="fim_interval", type=int, default=3,
+                   help="epochs between FIM rounds")
+    g.add_argument("--fim_ipc", dest="fim_images_per_class", type=int, default=100,
+                   help="FIM images per class per round")
     g.add_argument("--fim_batch_size", type=int, default=64)
-    g.add_argument("--mpc_idx", type=int, default=None,
+    g.add_argument("--mpc_idx", dest="mpc_block", type=int, default=None,
                    help="block k after which magnitudes mix (default 7 for the 12-block "
                         "DeiTs; for other depths round(7 * depth / 12), 2 for toy)")
-    g.add_argument("--mpc_org_ratio", type=float, default=0.3,
+    g.add_argument("--mpc_org_ratio", dest="mpc_keep_ratio", type=float, default=0.3,
                    help="share of the image's own magnitude in the mix")
-    g.add_argument("--mpc_cam_start_epo", type=int, default=mpc_cam_start_epo)
+    g.add_argument("--mpc_cam_start_epo", dest="mpc_cam_start_epoch", type=int,
+                   default=mpc_cam_start_epoch, help="first epoch with the MPC CAM loss")
     g.add_argument("--reuse-prefix", "--reuse_prefix", dest="reuse_prefix",
                    action="store_true",
                    help="the mixed pass takes the first pass's tokens after block mpc_idx "
@@ -92,13 +123,24 @@ def train_parent(W=(2.0, 2.0), fim_start_epo: int = 2, mpc_cam_start_epo: int = 
     g.add_argument("--finetune", default=None,
                    help="ImageNet DeiT weights (default pretrained/<arch weights>.pth for "
                         "deit_small / deit_tiny, none for toy); 'none' trains from scratch")
-    g.add_argument("--val_start_epo", type=int, default=val_start_epo,
-                   help="first epoch with seed validation")
+    g.add_argument("--val_start_epo", dest="val_start_epoch", type=int,
+                   default=val_start_epoch, help="first epoch with seed validation")
     g.add_argument("--val-thresholds", "--val_thresholds", dest="val_thresholds", type=float,
                    nargs=3, default=[0.30, 0.60, 0.01], metavar=("START", "STOP", "STEP"))
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                   help="mixed precision (FFTs stay in float32); fp16 needs a GPU")
     g.add_argument("--resume", action="store_true",
                    help="continue from experiment/<name>/ckpt/last.pth")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """``parser.parse_args(argv)``, plus ``--print-args``: print the parsed arguments as
+    JSON and exit 0 (checks a command line without running it)."""
+    parser.add_argument("--print-args", action="store_true",
+                        help="print the parsed arguments as JSON and exit")
+    args = parser.parse_args(argv)
+    if args.print_args:
+        print(json.dumps({k: v for k, v in sorted(vars(args).items()) if k != "print_args"}))
+        sys.exit(0)
+    del args.print_args
+    return args

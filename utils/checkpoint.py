@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import pickle
 import random
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
 
+from utils.dist import DistInfo
 from utils.errors import UserError
 
 
@@ -29,6 +30,17 @@ def rng_state() -> Dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def gather_rng_states(info: DistInfo) -> List[Dict[str, Any]]:
+    """Every rank's ``rng_state()`` (a list indexed by rank), collected on all ranks (a
+    collective call under torchrun: every rank must make it)."""
+    mine = rng_state()
+    if not info.distributed:
+        return [mine]
+    out = [None] * info.world_size
+    torch.distributed.all_gather_object(out, mine)
+    return out
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:

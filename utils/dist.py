@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -72,3 +72,17 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launch(run: Callable, args, device_name: str = "auto"):
+    """``run(args, device, info)`` on the device of ``device_name`` ("auto": CUDA when
+    present), inside the torchrun process group when launched by torchrun (each process on
+    its local GPU); the group is left however ``run`` ends. Returns what ``run`` returns."""
+    from utils.runtime import resolve_device
+
+    device = resolve_device(device_name)
+    info = init_distributed(device.type)
+    try:
+        return run(args, local_device(info, device), info)
+    finally:
+        cleanup(info)

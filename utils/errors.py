@@ -31,13 +31,21 @@ def describe_missing(paths: Iterable[str], what: str, limit: int = 5) -> str:
     return f"{len(paths)} {what} missing: {shown}{more}"
 
 
+def _original_message(msg: str) -> str:
+    """The message itself when a DataLoader worker re-raised it (torch wraps it in "Caught
+    UserError in DataLoader worker process N. Original Traceback ... UserError: <message>")."""
+    if "Original Traceback" in msg:
+        return msg.rsplit("UserError: ", 1)[-1].strip()
+    return msg
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's ``main``: a ``UserError`` ends it with its message and exit code 2, a
     diverged training (``NonFiniteLoss``) with its message and exit code 3."""
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_original_message(str(e))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except NonFiniteLoss as e:
         print(f"training diverged: {e}", file=sys.stderr)

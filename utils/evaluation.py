@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 
 from utils.errors import UserError, describe_missing
-from utils.io import load_cam_dict, read_label_png
+from utils.io import load_cam_dict, load_npy_dict, read_label_png
+from utils.pseudo import score_dict_label
 
 IGNORE = 255
 
@@ -178,21 +179,50 @@ def label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.nd
     return np.bincount(gt[valid].astype(np.int64) * K + p, minlength=K * K).reshape(K, K)
 
 
-def png_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
-             workers: Optional[int] = None, progress: bool = False,
-             gt_files: Optional[Sequence[str]] = None) -> Tuple[float, np.ndarray]:
-    """mIoU and per-class IoU (percent) of index PNG predictions (pseudo labels, CRF)."""
-    preds, gts = _pairs(pred_dir, ".png", gt_dir, names, gt_files,
-                        "Run infer_PCSS.py with --png or --crf first, or point --dict_dir at "
-                        "the right folder.")
+def read_prediction(path: str) -> np.ndarray:
+    """An index prediction: a label PNG, or a PSA score dict ``{0: bg, k + 1: class k}``
+    (``.npy``, e.g. ``crf/<alpha>/``) turned into its labels (highest key wins)."""
+    if path.endswith(".npy"):
+        return score_dict_label({int(k): v for k, v in load_npy_dict(path).items()})
+    return read_label_png(path)
+
+
+def png_confusion(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
+                  workers: Optional[int] = None, progress: bool = False,
+                  gt_files: Optional[Sequence[str]] = None, ext: str = ".png") -> np.ndarray:
+    """(K, K) confusion counts of index predictions (``ext`` ".png" label images, or ".npy"
+    PSA score dicts) summed over ``names``."""
+    preds, gts = _pairs(pred_dir, ext, gt_dir, names, gt_files,
+                        "Run the stage that writes them first (infer_PCSS.py --png / --crf, "
+                        "infer_aff.py, infer_seg.py), or point --dict_dir at the right folder.")
 
     def one(i):
-        return label_confusion(read_label_png(preds[i]), read_label_png(gts[i]), num_classes)
+        return label_confusion(read_prediction(preds[i]), read_label_png(gts[i]), num_classes)
 
-    conf = _map_files(one, range(len(names)), workers or _default_workers(), progress,
+    return _map_files(one, range(len(names)), workers or _default_workers(), progress,
                       "scoring")
-    miou, iou = iou_from_confusion(conf)
+
+
+def png_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
+             workers: Optional[int] = None, progress: bool = False,
+             gt_files: Optional[Sequence[str]] = None, ext: str = ".png"
+             ) -> Tuple[float, np.ndarray]:
+    """mIoU and per-class IoU (percent) of index predictions (pseudo labels, CRF labels,
+    random-walk masks, segmentation), SPEC section 7's counting (absent classes count 0)."""
+    miou, iou = iou_from_confusion(png_confusion(pred_dir, gt_dir, names, num_classes,
+                                                 workers, progress, gt_files, ext))
     return float(miou), iou
+
+
+def nanmean_miou(conf: np.ndarray) -> float:
+    """The segmentation reference's mIoU ([MCT] ``seg/tool/metrics.py``, SPEC_REFINE 15.3):
+    the mean over classes present in the ground truth or the prediction only (a class absent
+    from both is skipped, where section 7 counts it as 0). Percent."""
+    conf = conf.astype(np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean() * 100.0) if present.any() else 0.0
 
 
 def first_peak(thresholds: Sequence[float], miou: Sequence[float]) -> Tuple[float, float]:

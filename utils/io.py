@@ -1,12 +1,18 @@
-"""Safe readers for the files the pipeline exchanges.
+"""Safe readers and atomic writers for the files the pipeline exchanges.
 
 CAM dicts (``np.save(path, {class: H x W array})``) and ``cls_labels.npy`` (``{image id:
 label vector}``) are pickles. Loading them with ``allow_pickle=True`` would run whatever a
-crafted file asks for; ``load_npy_dict`` instead unpickles with an allow-list of the numpy
-constructors such a dict needs.
+crafted file asks for; ``load_npy_dict`` instead unpickles with an allow-list of exactly what
+numpy's array reconstruction needs. That includes ``_codecs.encode``, through which pickles
+of protocol 2 and lower (the ``voc12/cls_labels.npy`` that PSA, MCTformer and PCSS ship, and
+Python 2 files) rebuild an array's raw bytes; it is allowed only with the ``latin1`` codec
+(a pure bytes <-> str mapping). Anything else a pickle asks for is refused.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
+import os
 import pickle
 from typing import Dict
 
@@ -19,10 +25,21 @@ _ALLOWED = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("collections", "OrderedDict"), ("builtins", "dict"),
 }
+_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as old pickles call it (``encode(str, 'latin1')`` to rebuild
+    bytes); any other codec is refused."""
+    if encoding.lower() not in _LATIN1:
+        raise pickle.UnpicklingError(f"forbidden codec {encoding!r} in a pickled dict file")
+    return codecs.encode(text, "latin1", errors)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden object {module}.{name} in a pickled dict file")
@@ -36,7 +53,7 @@ def load_npy_dict(path: str) -> dict:
                        else np.lib.format.read_array_header_2_0)
         shape, _, dtype = read_header(f)
         if dtype.hasobject:
-            obj = _NumpyOnlyUnpickler(f).load()
+            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
             obj = obj.item() if isinstance(obj, np.ndarray) else obj
         else:  # e.g. a C x H x W CAM array: not a dict
             raise ValueError(f"{path} holds a {dtype} array of shape {shape}, not a dict")
@@ -50,9 +67,24 @@ def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
     return {int(k): np.asarray(v) for k, v in load_npy_dict(path).items()}
 
 
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside ``path`` to write to; on success it is renamed to
+    ``path`` (readers never see half a file), on an exception it is removed."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_cam_dict(path: str, cams: Dict[int, np.ndarray]) -> None:
-    """Write a CAM dict in the format PSA / IRN style refinement reads."""
-    np.save(path, {int(k): v for k, v in cams.items()})
+    """Write a CAM dict in the format PSA / IRN style refinement reads (atomically)."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, {int(k): v for k, v in cams.items()})
 
 
 def read_label_png(path: str) -> np.ndarray:

@@ -65,6 +65,17 @@ class RunLog:
                     self.tb.add_scalar(k, v, stats["epoch"])
             self.tb.flush()
 
+    def trim_epochs(self, first_epoch: int) -> None:
+        """Drop the ``log.txt`` lines of epochs >= ``first_epoch`` (written after the
+        checkpoint a run resumes from), so that a resumed log reads as one run."""
+        path = os.path.join(self.out_dir, "log.txt")
+        if not self.enabled or not os.path.isfile(path):
+            return
+        with open(path) as f:
+            keep = [l for l in f if l.strip() and json.loads(l).get("epoch", -1) < first_epoch]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -6,11 +6,13 @@ start fast). matplotlib is imported only where a plot is drawn (Agg canvas, no p
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from utils.io import atomic_path
 
 
 def voc_palette(n: int = 256) -> List[int]:
@@ -33,10 +35,11 @@ _PALETTE = voc_palette()
 
 
 def save_label_png(path: str, label: np.ndarray) -> None:
-    """Write an H x W index image (values 0..255) as a VOC palette PNG (mode P)."""
+    """Write an H x W index image (values 0..255) as a VOC palette PNG (mode P), atomically."""
     im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
     im.putpalette(_PALETTE)
-    im.save(path)
+    with atomic_path(path) as tmp:
+        im.save(tmp)
 
 
 def cam_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -66,7 +69,8 @@ def cam_panel(rgb: np.ndarray, cams: Dict[int, np.ndarray], class_names: Sequenc
 
 
 def save_jpeg(path: str, rgb: np.ndarray, quality: int = 90) -> None:
-    Image.fromarray(rgb).save(path, quality=quality)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, quality=quality)
 
 
 def save_mask_grid(masks: np.ndarray, class_names: Sequence[str], path: str) -> None:
@@ -106,5 +110,24 @@ def plot_miou_curve(thresholds: Sequence[float], miou: Sequence[float], path: st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def save_panel_grid(rows: Sequence[Sequence[Tuple[np.ndarray, str]]], path: str) -> None:
+    """A figure of titled panels, one row per image: each panel an H x W x 3 uint8 RGB
+    picture or an H x W index map (drawn in the VOC palette)."""
+    from matplotlib.figure import Figure
+
+    pal = np.array(voc_palette(), np.uint8).reshape(-1, 3)
+    cols = max(len(r) for r in rows)
+    fig = Figure(figsize=(1.9 * cols, 2.0 * len(rows)), dpi=90)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, (img, title) in zip(ax_row, row):
+            ax.imshow(pal[img] if img.ndim == 2 else img)
+            ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -1,0 +1,71 @@
+"""The house rules of ../shared/LAYOUT.md, checked on the source with ``ast``: imports run
+downhill (scripts -> engine -> models -> utils / datasets), scripts define only
+``get_args_parser``, ``main`` and ``run``, and tests never import a script module."""
+import ast
+import glob
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = sorted(os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join(ROOT, "*.py")))
+PACKAGES = ("utils", "datasets", "models", "engine")
+# what each package may import from the project (itself included)
+ALLOWED = {
+    "utils": {"utils"},
+    "datasets": {"datasets", "utils"},
+    "models": {"models", "utils"},
+    "engine": {"engine", "models", "utils", "datasets"},
+}
+
+
+def project_imports(path):
+    """Top-level project modules imported anywhere in ``path`` (also inside functions)."""
+    tree = ast.parse(open(path).read(), path)
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out & (set(PACKAGES) | set(SCRIPTS) | {"bench", "tests"})
+
+
+def package_files(pkg):
+    return sorted(glob.glob(os.path.join(ROOT, pkg, "**", "*.py"), recursive=True))
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_imports_run_downhill(pkg):
+    bad = {os.path.relpath(f, ROOT): sorted(project_imports(f) - ALLOWED[pkg])
+           for f in package_files(pkg)}
+    assert not {f: v for f, v in bad.items() if v}
+
+
+def test_scripts_define_only_parser_main_run():
+    assert {"train_PCSS", "infer_PCSS", "evaluation", "demo"} <= set(SCRIPTS)
+    for name in SCRIPTS:
+        tree = ast.parse(open(os.path.join(ROOT, name + ".py")).read())
+        defined = {n.name for n in tree.body
+                   if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+        assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                    if isinstance(t, ast.Name)}
+        assert defined <= {"get_args_parser", "main", "run"}, (name, defined)
+        assert not assigned, (name, assigned)
+
+
+def test_tests_never_import_a_script_module():
+    for f in glob.glob(os.path.join(ROOT, "tests", "*.py")):
+        assert not project_imports(f) & set(SCRIPTS), f
+
+
+def test_choices_match_builders():
+    """The torch-free names the parsers offer (utils.choices) have their builders."""
+    from datasets.layout import layout
+    from models import ARCHS
+    from utils.choices import ARCHS as ARCH_NAMES, DATA_SETS
+
+    assert set(ARCH_NAMES) == set(ARCHS)
+    for ds in DATA_SETS:
+        assert layout(ds, ROOT, check=False).data_set == ds
