@@ -1,6 +1,10 @@
 """The loops of every stage, one module per stage, each taking explicit arguments and
 returning plain values (deit's ``engine.py`` habit); the top-level scripts wire them.
 
-- ``engine.pcss``: seeds - ``train_one_epoch``, ``fim_round``, ``generate_seeds``, ``validate``.
+- ``engine.pcss``: seeds - ``train_one_epoch``, ``fim_round``, ``generate_seeds``,
+  ``validate`` and ``SeedWriter`` (the outputs of ``infer_PCSS.py``).
+- ``engine.affinity``: refinement - AffinityNet's ``train_one_epoch`` and
+  ``random_walk_masks`` (pseudo masks).
+- ``engine.segmentation``: segmentation - ``train_steps`` and ``predict``.
 - ``engine.pretrain``: the toy set's self-supervised stand-in for ImageNet pre-training.
 """

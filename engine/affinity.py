@@ -1,0 +1,105 @@
+"""The loops of the refinement stage (SPEC_REFINE sections 12-14): ``train_one_epoch`` of
+AffinityNet on the CRF-confident labels, and ``random_walk_masks``, which spreads each
+image's seeds along the learned affinities into a pseudo mask; ``train_aff.py`` and
+``infer_aff.py`` wire them together."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.affinity import (affinity_labels, affinity_loss, random_walk, rw_background,
+                            sparse_affinity)
+from utils.dist import DistInfo, all_reduce_sum
+from utils.errors import NonFiniteLoss
+from utils.io import load_cam_dict
+from utils.runtime import autocast_context
+
+LOSS_NAMES = ("bg", "fg", "neg", "total")
+
+
+def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int, radius: int,
+                    amp: str = "none", scaler=None, info: DistInfo = DistInfo(),
+                    progress: bool = True, last_good: Optional[str] = None
+                    ) -> Dict[str, float]:
+    """One epoch of AffinityNet (13.2's loss; ``optimizer`` a ``PolySGD`` with its poly
+    schedule per step). Returns the epoch means ``loss_<term>`` over all ranks."""
+    model.train()
+    sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64, device=device)
+    bar = tqdm(loader, desc=f"affinity {epoch}", unit="batch", dynamic_ncols=True,
+               disable=not (progress and info.is_main))
+    for step, (images, y) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        bg, fg, neg = affinity_labels(y.to(device, non_blocking=True), radius)
+        with autocast_context(device, amp):
+            aff = model(images)
+        L = affinity_loss(aff.float(), bg, fg, neg)
+        if not torch.isfinite(L["total"]):
+            back = (f"the last good state is {last_good} (--resume continues from it)"
+                    if last_good and os.path.isfile(last_good) else "no checkpoint yet")
+            raise NonFiniteLoss(f"the affinity loss became {float(L['total'])} at epoch "
+                                f"{epoch}, step {step}; {back}. Try a lower --lr.")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(L["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            L["total"].backward()
+            optimizer.step()
+        sums[:-1] += torch.stack([L[k].detach().double() for k in LOSS_NAMES])
+        sums[-1] += 1
+        if step % 5 == 0:
+            bar.set_postfix(loss=f"{float(sums[3] / sums[-1]):.4f}", refresh=False)
+    sums = all_reduce_sum(sums, info)
+    n = max(float(sums[-1]), 1.0)
+    return {f"loss_{k}": float(sums[i]) / n for i, k in enumerate(LOSS_NAMES)}
+
+
+def pad_to_stride(image: torch.Tensor, stride: int = 8) -> torch.Tensor:
+    """Zero-pad a normalised ... x H x W image at the bottom and right to multiples of
+    ``stride`` (14.1: 0 in normalised units)."""
+    H, W = image.shape[-2:]
+    return F.pad(image, (0, -W % stride, 0, -H % stride))
+
+
+@torch.no_grad()
+def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarray], None],
+                      device: torch.device, radius: int = 5, beta: float = 8, logt: int = 6,
+                      bg: str = "threshold", bg_thr: float = 0.39, alpha: float = 16,
+                      method: str = "auto", amp: str = "none", progress: bool = True) -> int:
+    """Pseudo masks of every ``(image, label, id)`` of ``loader`` (native sizes, batch 1;
+    SPEC_REFINE 14): AffinityNet on the padded image, the transition of its affinities, the
+    walk of background + the seed dict's classes (``cam_dir/<id>.npy``); the label map
+    (uint8: 0 background, k + 1 class k) goes to ``write(id, labels)``. The walk runs in
+    float32 (or the network's float64). Returns the count."""
+    net.eval()
+    n = 0
+    for image, _, image_id in tqdm(loader, desc="random walk", unit="img", dynamic_ncols=True,
+                                   disable=not progress):
+        cams = load_cam_dict(os.path.join(cam_dir, image_id + ".npy"))
+        H, W = image.shape[-2:]
+        x = pad_to_stride(image[None].to(device, non_blocking=True))
+        with autocast_context(device, amp):
+            aff = net(x)[0]
+        dtype = torch.float64 if aff.dtype == torch.float64 else torch.float32
+        keys = sorted(cams)
+        if keys:
+            v = torch.from_numpy(np.stack([cams[k] for k in keys])).to(device, dtype)
+            if v.shape[-2:] != (H, W):
+                from utils.errors import UserError
+                raise UserError(f"{cam_dir}/{image_id}.npy holds {tuple(v.shape[-2:])} maps "
+                                f"for a {H}x{W} image: the seeds belong to another dataset")
+        else:
+            v = torch.zeros(0, H, W, dtype=dtype, device=device)
+        back = rw_background(v, mode=bg, threshold=bg_thr, alpha=alpha)
+        M = sparse_affinity(aff.to(dtype), x.shape[-2] // 8, x.shape[-1] // 8, radius)
+        maps = random_walk(torch.cat([back[None], v]), M, beta=beta, logt=logt, method=method)
+        lut = np.array([0] + [k + 1 for k in keys], np.uint8)
+        write(image_id, lut[maps.argmax(0).cpu().numpy()])
+        n += 1
+    return n

@@ -1,0 +1,93 @@
+"""The loops of the segmentation stage (SPEC_REFINE section 15): ``train_steps`` over a
+``SegBatchSampler`` stream and ``predict`` (multi-scale, optional flip and CRF) over a list;
+``train_seg.py`` and ``infer_seg.py`` wire them together."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets.wsss import load_image
+from utils.dist import DistInfo, all_reduce_sum
+from utils.errors import NonFiniteLoss
+from utils.runtime import autocast_context
+from utils.segmentation import seg_loss, seg_predict
+
+
+def train_steps(model, loader, optimizer, device: torch.device, steps_per_epoch: int,
+                first_step: int = 0, amp: str = "none", scaler=None,
+                info: DistInfo = DistInfo(), progress: bool = True,
+                on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                last_good: Optional[str] = None) -> None:
+    """Train on every batch of ``loader`` (``(image, mask)`` batches of the reference's
+    stream); after each ``steps_per_epoch`` batches ``on_epoch_end(epoch, {"loss": mean})``
+    runs (checkpoint, log). ``optimizer`` is a ``utils.optim.PolySGD`` (its own poly
+    schedule per step). ``first_step`` is the step a resumed run starts at."""
+    model.train()
+    step = first_step
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    bar = tqdm(loader, desc="segmentation", unit="batch", dynamic_ncols=True,
+               initial=first_step, total=first_step + len(loader),
+               disable=not (progress and info.is_main))
+    for images, masks in bar:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        with autocast_context(device, amp):
+            logits = model(images)
+        loss = seg_loss(logits.float(), masks, ignore_index=255)
+        if not torch.isfinite(loss):
+            back = (f"the last good state is {last_good} (--resume continues from it)"
+                    if last_good and os.path.isfile(last_good) else "no checkpoint yet")
+            raise NonFiniteLoss(f"the segmentation loss became {float(loss)} at step {step}; "
+                                f"{back}. Try a lower --lr or --amp none.")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64,
+                                                                  device=device)])
+        step += 1
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{float(total[0] / total[1]):.4f}", refresh=False)
+        if step % steps_per_epoch == 0:
+            summed = all_reduce_sum(total, info)
+            if on_epoch_end is not None:
+                on_epoch_end(step // steps_per_epoch - 1,
+                             {"loss": float(summed[0] / summed[1].clamp(min=1))})
+            total.zero_()
+            model.train()
+
+
+@torch.no_grad()
+def predict(net, loader, device: torch.device,
+            write: Callable[[str, np.ndarray], None], scales: Sequence[float],
+            flip: bool = False, merge: str = "max", crf: bool = False,
+            image_path: Optional[Callable[[str], str]] = None, amp: str = "none",
+            progress: bool = True) -> int:
+    """Predictions of every ``(image, label, id)`` of ``loader`` (native sizes, batch 1):
+    ``seg_predict`` over ``scales`` (+ flip, max or mean merge), optionally the dense CRF
+    (preset "seg") on the merged map with the RGB file at ``image_path(id)``; the label map
+    (uint8, argmax) goes to ``write(id, labels)``. Returns the count."""
+    from utils.crf import dense_crf
+
+    net.eval()
+    n = 0
+    for image, _, image_id in tqdm(loader, desc="predict", unit="img", dynamic_ncols=True,
+                                   disable=not progress):
+        with autocast_context(device, amp):
+            probs = seg_predict(net, image[None].to(device, non_blocking=True), scales=scales,
+                                flip=flip, merge=merge)
+        probs = probs.float().cpu().numpy()
+        if crf:
+            rgb = np.asarray(load_image(image_path(image_id)))
+            probs = dense_crf(rgb, probs, kind="seg")
+        write(image_id, np.argmax(probs, axis=0).astype(np.uint8))
+        n += 1
+    return n

@@ -1,0 +1,143 @@
+"""The random walk (PSA, as MCTformer runs it; SPEC_REFINE section 14): seeds + AffinityNet
+-> pseudo masks.
+
+    python infer_aff.py --name pcss_voc --infer_list data/VOC2012/ImageSets/Segmentation/train.txt
+    python evaluation.py --name pcss_voc --task png --dict_dir experiment/pcss_voc/rw
+    python infer_aff.py --name pcss_voc            # train_aug (the default list) for train_seg.py
+
+Reads the seeds ``experiment/<name>/dict/`` (``--cam_dir``) and the AffinityNet of
+``train_aff.py`` (``experiment/<name>/aff/aff_net.pth``, or ``--weights``, e.g. PSA's
+``res38_aff.pth``). Writes ``experiment/<name>/rw/<id>.png`` (``--out_rw``): palette PNGs,
+0 background, k + 1 class k. The background of the walk is the run's best seed threshold
+(``eval_cam.json``; MCTformer's rule, ``--bg threshold``) or PSA's ``(1 - max CAM)^alpha``
+(``--bg power``). The walk runs as repeated sparse products (the same result as the
+reference's dense matrix squarings, much faster); ``--walk squaring`` is the literal one.
+The folder's manifest names the AffinityNet and the seeds that made it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from utils.args import device_parent, parse_args, run_parent
+from utils.choices import AFF_BACKBONES
+from utils.errors import run_main
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Random walk with AffinityNet (PSA / MCTformer)",
+                                parents=[run_parent(), device_parent()],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--weights", default=None,
+                   help="AffinityNet state dict (default experiment/<name>/aff/aff_net.pth)")
+    g.add_argument("--backbone", choices=AFF_BACKBONES, default=None,
+                   help="the AffinityNet's backbone (default: resnet38; toy for the toy set)")
+    g.add_argument("--radius", type=int, default=5)
+    g.add_argument("--infer_list", "--val_list", dest="infer_list", default=None,
+                   help="ids to walk (default: the dataset's training list, train_aug.txt for "
+                        "VOC; MCTformer walks train.txt to score the masks)")
+    g.add_argument("--cam_dir", default=None,
+                   help="seed dicts (default experiment/<name>/dict)")
+    g.add_argument("--out_rw", default=None, help="output folder (default experiment/<name>/rw)")
+    g = p.add_argument_group("random walk (SPEC_REFINE 14)")
+    g.add_argument("--beta", type=float, default=8, help="affinity power")
+    g.add_argument("--logt", type=int, default=6,
+                   help="log2 of the walk length (6: 64 steps, MCTformer; PSA used 8)")
+    g.add_argument("--bg", choices=("threshold", "power"), default="threshold",
+                   help="background score: the constant --bg_thr (MCTformer) or "
+                        "(1 - max CAM)^--alpha (PSA)")
+    g.add_argument("--bg_thr", type=float, default=None,
+                   help="background for --bg threshold (default: the best threshold of "
+                        "experiment/<name>/eval_cam.json, else 0.39)")
+    g.add_argument("--alpha", type=float, default=16, help="power for --bg power")
+    g.add_argument("--walk", choices=("sparse", "squaring"), default="sparse",
+                   help="sparse: repeated sparse products (fast); squaring: the reference's "
+                        "dense matrix squarings (for checking)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace masks made earlier (by these or other weights)")
+    return p
+
+
+def main(args) -> None:
+    from utils.dist import launch
+
+    launch(run, args, args.device)
+
+
+def run(args, device, info) -> None:
+    import os
+
+    from torch.utils.data import DataLoader, Subset
+
+    from datasets import build_dataset, collate_single
+    from datasets.layout import layout
+    from engine.affinity import random_walk_masks
+    from models.refine import default_backbone, load_affinity_net
+    from utils.dist import barrier, shard
+    from utils.errors import UserError
+    from utils.manifest import (check_folder, claim_folder, file_fingerprint, producer,
+                                read_manifest)
+    from utils.report import best_threshold
+    from utils.runtime import autocast_context
+    from utils.vis import save_label_png
+
+    lay = layout(args.data_set, args.data_path)
+    exp = os.path.join("experiment", args.name)
+    backbone = args.backbone or default_backbone(args.data_set, "affinity")
+    weights = args.weights or os.path.join(exp, "aff", "aff_net.pth")
+    if not os.path.isfile(weights):
+        raise UserError(f"AffinityNet weights not found: {weights}. Train them with "
+                        f"`python train_aff.py --name {args.name}`, or pass --weights (e.g. "
+                        f"PSA's res38_aff.pth).")
+    cam_dir = args.cam_dir or os.path.join(exp, "dict")
+    out_dir = args.out_rw or os.path.join(exp, "rw")
+    list_path = args.infer_list or lay.train_list
+    bg_thr = args.bg_thr if args.bg_thr is not None else best_threshold(exp, default=0.39)
+    autocast_context(device, args.amp)
+    dataset = build_dataset(args.data_set, args.data_path, list_path, "infer")
+    missing = [i for i in dataset.ids if not os.path.isfile(os.path.join(cam_dir, i + ".npy"))]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(dataset.ids)} seed dicts missing in {cam_dir} "
+                        f"(e.g. {', '.join(missing[:3])}). Write them with `python "
+                        f"infer_PCSS.py --name {args.name} --load_epo E --dict --val_list "
+                        f"{list_path}`, or pass --cam_dir.")
+    net = load_affinity_net(backbone, weights, radius=args.radius, device=device)
+    if args.compile:
+        from models import compile_network
+        net = compile_network(net)
+    seeds = read_manifest(cam_dir)
+    made_by = producer({"affinity": file_fingerprint(weights),
+                        "seeds": (seeds or {}).get("weights", "unknown")},
+                       backbone=backbone, radius=args.radius, beta=args.beta, logt=args.logt,
+                       bg=args.bg, bg_thr=bg_thr if args.bg == "threshold" else None,
+                       alpha=args.alpha if args.bg == "power" else None)
+    state = check_folder(out_dir, made_by, (".png",), args.overwrite)
+    barrier(info)
+    if info.is_main:
+        claim_folder(out_dir, made_by, (".png",), state)
+    barrier(info)
+    mine = shard(range(len(dataset)), info)
+    todo = [i for i in mine
+            if not os.path.isfile(os.path.join(out_dir, dataset.ids[i] + ".png"))]
+    if info.is_main:
+        rule = (f"threshold {bg_thr:.2f}" if args.bg == "threshold"
+                else f"(1 - max)^{args.alpha:g}")
+        print(f"{len(dataset)} images in {list_path}; seeds {cam_dir}; AffinityNet {weights}; "
+              f"background {rule}, beta {args.beta:g}, logt {args.logt}; "
+              f"{len(mine) - len(todo)} of this process's {len(mine)} already done")
+    loader = DataLoader(Subset(dataset, todo), batch_size=1, shuffle=False,
+                        num_workers=min(args.num_workers, len(todo)),
+                        pin_memory=device.type == "cuda", collate_fn=collate_single)
+    n = random_walk_masks(net, loader, cam_dir,
+                          lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"),
+                                                           labels),
+                          device, args.radius, args.beta, args.logt, args.bg, bg_thr,
+                          args.alpha, method="squaring" if args.walk == "squaring" else "auto",
+                          amp=args.amp, progress=info.is_main)
+    barrier(info)
+    if info.is_main:
+        print(f"wrote {n} pseudo masks{' on rank 0' if info.distributed else ''} to {out_dir}")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_args(get_args_parser())))

@@ -1,0 +1,141 @@
+"""Predict with the trained segmentation network: multi-scale (+ flip) inference and the
+dense CRF (MCTformer's ``seg/infer_seg.py``, SPEC_REFINE 15.3-15.4), scores on val, and the
+VOC test server's layout.
+
+    python infer_seg.py --name pcss_voc --use_crf
+    python evaluation.py --name pcss_voc --task png --dict_dir experiment/pcss_voc/seg --list val
+    python infer_seg.py --name pcss_voc --use_crf --split test     # -> results.tar.gz
+
+Reads ``experiment/<name>/segnet/seg_net.pth`` (``--weights``). Writes
+``experiment/<name>/seg/<id>.png`` (palette PNGs of class indices; ``--out``). With ``--split
+test`` (VOC) the predictions of ``ImageSets/Segmentation/test.txt`` go to
+``experiment/<name>/results/VOC2012/Segmentation/comp6_test_cls/<id>.png`` and are packed
+into ``experiment/<name>/results.tar.gz``, ready to upload to the evaluation server.
+"""
+from __future__ import annotations
+
+import argparse
+
+from utils.args import device_parent, parse_args, run_parent
+from utils.choices import SEG_BACKBONES
+from utils.errors import run_main
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Segmentation inference (multi-scale, CRF)",
+                                parents=[run_parent(), device_parent()],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--weights", default=None,
+                   help="segmentation state dict (default experiment/<name>/segnet/seg_net.pth)")
+    g.add_argument("--backbone", choices=SEG_BACKBONES, default=None,
+                   help="the network's backbone (default: resnet38; toy for the toy set)")
+    g.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val: the dataset's validation list; test: VOC test, in the "
+                        "evaluation server's layout")
+    g.add_argument("--infer_list", "--val_list", dest="infer_list", default=None,
+                   help="ids to predict (overrides --split's list)")
+    g.add_argument("--out", default=None, help="output folder (default experiment/<name>/seg)")
+    g = p.add_argument_group("inference (SPEC_REFINE 15.3-15.4)")
+    g.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run each scale on the flipped image (ours)")
+    g.add_argument("--merge", choices=("max", "mean"), default="max",
+                   help="merge of the per-scale probabilities: max (the reference) or mean")
+    g.add_argument("--use_crf", action="store_true",
+                   help="dense CRF (preset 'seg') on the merged probabilities")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace predictions made earlier (by these or other weights)")
+    return p
+
+
+def main(args) -> None:
+    from utils.dist import launch
+
+    launch(run, args, args.device)
+
+
+def run(args, device, info) -> None:
+    import os
+    import tarfile
+
+    from torch.utils.data import DataLoader, Subset
+
+    from datasets import collate_single
+    from datasets.layout import layout
+    from datasets.wsss import WSSSDataset, build_transform
+    from engine.segmentation import predict
+    from models.refine import default_backbone, load_segmentation_net
+    from utils.crf import crf_available
+    from utils.dist import barrier, shard
+    from utils.errors import UserError
+    from utils.lists import read_id_list
+    from utils.manifest import check_folder, claim_folder, file_fingerprint, producer
+    from utils.runtime import autocast_context
+    from utils.vis import save_label_png
+
+    lay = layout(args.data_set, args.data_path)
+    exp = os.path.join("experiment", args.name)
+    backbone = args.backbone or default_backbone(args.data_set, "segmentation")
+    weights = args.weights or os.path.join(exp, "segnet", "seg_net.pth")
+    if not os.path.isfile(weights):
+        raise UserError(f"segmentation weights not found: {weights}. Train them with `python "
+                        f"train_seg.py --name {args.name}`, or pass --weights.")
+    if args.use_crf and not crf_available():
+        raise UserError("--use_crf needs the dense CRF package: pip install pydensecrf2")
+    if any(s <= 0 for s in args.scales):
+        raise UserError(f"--scales must be positive, got {args.scales}")
+    test = args.split == "test"
+    if test and args.data_set != "VOC12" and args.infer_list is None:
+        raise UserError("--split test is the VOC 2012 test server's; for other datasets "
+                        "pass --infer_list")
+    list_path = args.infer_list or (os.path.join(lay.root, "ImageSets", "Segmentation",
+                                                 "test.txt") if test else lay.seg_val_list)
+    out_dir = args.out or (os.path.join(exp, "results", "VOC2012", "Segmentation",
+                                        "comp6_test_cls") if test else os.path.join(exp, "seg"))
+    autocast_context(device, args.amp)
+    dataset = WSSSDataset(lay, read_id_list(list_path), build_transform("infer"),
+                          return_id=True, require_labels=not test)   # test images: no labels
+    net = load_segmentation_net(backbone, weights, lay.num_classes + 1, device=device)
+    if args.compile:
+        from models import compile_network
+        net = compile_network(net)
+    made_by = producer(file_fingerprint(weights), backbone=backbone, scales=args.scales,
+                       flip=args.flip, merge=args.merge, crf=args.use_crf, amp=args.amp)
+    state = check_folder(out_dir, made_by, (".png",), args.overwrite)
+    barrier(info)
+    if info.is_main:
+        claim_folder(out_dir, made_by, (".png",), state)
+    barrier(info)
+    mine = shard(range(len(dataset)), info)
+    todo = [i for i in mine
+            if not os.path.isfile(os.path.join(out_dir, dataset.ids[i] + ".png"))]
+    if info.is_main:
+        print(f"{len(dataset)} images in {list_path}; weights {weights}; scales "
+              f"{args.scales}{' + flip' if args.flip else ''}, {args.merge} merge"
+              f"{', CRF' if args.use_crf else ''}; {len(mine) - len(todo)} of this "
+              f"process's {len(mine)} already done")
+    loader = DataLoader(Subset(dataset, todo), batch_size=1, shuffle=False,
+                        num_workers=min(args.num_workers, len(todo)),
+                        pin_memory=device.type == "cuda", collate_fn=collate_single)
+    n = predict(net, loader, device,
+                lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"), labels),
+                args.scales, args.flip, args.merge, args.use_crf, lay.image_path, args.amp,
+                progress=info.is_main)
+    barrier(info)
+    if not info.is_main:
+        return
+    print(f"wrote {n} predictions{' on rank 0' if info.distributed else ''} to {out_dir}")
+    if test:
+        archive = os.path.join(exp, "results.tar.gz")
+        tmp = archive + ".tmp"
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(os.path.join(exp, "results"), arcname="results",
+                    filter=lambda t: None if t.name.endswith("manifest.json") else t)
+        os.replace(tmp, archive)
+        print(f"packed {archive}: upload it to the PASCAL VOC evaluation server "
+              f"(Segmentation, comp6: trained on other data than VOC's own labels)")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_args(get_args_parser())))

@@ -1,0 +1,172 @@
+"""Train AffinityNet on the CRF-confident regions of the seeds (PSA, as MCTformer runs it;
+SPEC_REFINE sections 12-13). The second stage: seeds -> affinities -> (infer_aff.py) masks.
+
+    python infer_PCSS.py --name pcss_voc --load_epo 59 --crf --alphas 1 12
+    python train_aff.py --name pcss_voc --weights pretrained/res38_cls.pth
+    torchrun --nproc_per_node 4 train_aff.py --name pcss_voc --weights pretrained/res38_cls.pth --batch_size 2
+
+Reads the CRF score dicts ``experiment/<name>/crf/<low>/`` and ``crf/<high>/`` (or
+``--la_crf_dir`` / ``--ha_crf_dir``, PSA's flags). Writes ``experiment/<name>/aff/``:
+``aff_net.pth`` (the state dict ``infer_aff.py`` loads, as MCTformer's ``resnet38_aff.pth``),
+``last.pth`` (everything ``--resume`` needs), ``log.txt`` (a JSON line per epoch),
+``train.log`` and TensorBoard events. Defaults are MCTformer's (lr 0.01, 5 epochs);
+``--recipe psa`` takes PSA's (lr 0.1, 8 epochs).
+"""
+from __future__ import annotations
+
+import argparse
+
+from utils.args import device_parent, parse_args, run_parent
+from utils.choices import AFF_BACKBONES, AFF_RECIPES
+from utils.errors import run_main
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="AffinityNet training (PSA / MCTformer)",
+                                parents=[run_parent(), device_parent()],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("network")
+    g.add_argument("--backbone", choices=AFF_BACKBONES, default=None,
+                   help="resnet38 (the reference; default for VOC/COCO), resnet50 (torchvision, "
+                        "ImageNet weights from --weights), toy (small, for the toy set; default "
+                        "there)")
+    g.add_argument("--weights", default=None,
+                   help="initial weights: PSA's res38_cls.pth for resnet38 (default "
+                        "pretrained/res38_cls.pth), torchvision's resnet50 file for resnet50, "
+                        "'none' to start from scratch (default for toy)")
+    g.add_argument("--radius", type=int, default=5, help="affinity radius (pairs within it)")
+    g = p.add_argument_group("data")
+    g.add_argument("--train_list", default=None,
+                   help="training ids (default: the dataset's, train_aug.txt for VOC)")
+    g.add_argument("--la_crf_dir", default=None,
+                   help="low-alpha CRF score dicts (default experiment/<name>/crf/1)")
+    g.add_argument("--ha_crf_dir", default=None,
+                   help="high-alpha CRF score dicts (default experiment/<name>/crf/12)")
+    g.add_argument("--crop_size", type=int, default=448, help="random crop side (multiple of 8)")
+    g = p.add_argument_group("optimisation (SPEC_REFINE 13.3-13.4)")
+    g.add_argument("--recipe", choices=AFF_RECIPES, default="mct",
+                   help="defaults of --lr and --max_epoches: mct (0.01, 5) or psa (0.1, 8)")
+    g.add_argument("--batch_size", type=int, default=8)
+    g.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--wt_dec", type=float, default=5e-4,
+                   help="weight decay of the conv weights; the reference also passes it as "
+                        "SGD's momentum (kept; --momentum overrides)")
+    g.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum (default: --wt_dec, the reference's quirk)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from experiment/<name>/aff/last.pth")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    return p
+
+
+def main(args) -> None:
+    from utils.dist import launch
+
+    launch(run, args, args.device)
+
+
+def run(args, device, info) -> None:
+    import json
+    import os
+
+    import torch
+    from torch.utils.data.distributed import DistributedSampler
+
+    from datasets.affinity import AffinityDataset
+    from datasets.layout import layout
+    from datasets.loader import make_loader, reseed
+    from engine.affinity import train_one_epoch
+    from models.refine import (aff_recipe, build_affinity_net, default_backbone,
+                               resolve_init_weights)
+    from utils.checkpoint import (atomic_save, gather_rng_states, load_training_state,
+                                  set_rng_state)
+    from utils.errors import UserError
+    from utils.lists import read_id_list
+    from utils.logger import RunLog
+    from utils.optim import PolySGD
+    from utils.runtime import autocast_context, seed_everything
+
+    for key, value in aff_recipe(args.recipe).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.backbone = args.backbone or default_backbone(args.data_set, "affinity")
+    lay = layout(args.data_set, args.data_path)
+    exp = os.path.join("experiment", args.name)
+    out_dir = os.path.join(exp, "aff")
+    la_dir = args.la_crf_dir or os.path.join(exp, "crf", "1")
+    ha_dir = args.ha_crf_dir or os.path.join(exp, "crf", "12")
+    for d, flag in ((la_dir, "--la_crf_dir"), (ha_dir, "--ha_crf_dir")):
+        if not os.path.isdir(d):
+            raise UserError(f"CRF score dicts not found: {d}. Write them with `python "
+                            f"infer_PCSS.py --name {args.name} --load_epo E --crf --alphas 1 "
+                            f"12` (for the training list), or pass {flag}.")
+    if args.max_epoches < 1:
+        raise UserError(f"--max_epoches {args.max_epoches}: nothing to train; give at least 1")
+    autocast_context(device, args.amp)
+    weights = resolve_init_weights(args.backbone, args.weights, "affinity")
+    train_list = args.train_list or lay.train_list
+    dataset = AffinityDataset(lay, read_id_list(train_list), la_dir, ha_dir, args.crop_size)
+    per_step = args.batch_size * info.world_size
+    if len(dataset) < per_step:
+        raise UserError(f"--batch_size {args.batch_size} x {info.world_size} process(es) is "
+                        f"more than the {len(dataset)} images of {train_list}")
+    steps = len(dataset) // per_step
+    max_step = steps * args.max_epoches
+
+    log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
+    seed_everything(args.seed + info.rank)
+    net, info_w = build_affinity_net(args.backbone, radius=args.radius, weights=weights)
+    net.to(device)
+    model = net
+    if args.compile:
+        from models import compile_network
+        model = compile_network(model)
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    momentum = args.wt_dec if args.momentum is None else args.momentum
+    optimizer = PolySGD(net.param_groups(args.lr, args.wt_dec), max_step, momentum=momentum)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    last = os.path.join(out_dir, "last.pth")
+    start_epoch = 0
+    if args.resume:
+        state = load_training_state(last)
+        net.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+        start_epoch = int(state["epoch"]) + 1
+        log.trim_epochs(start_epoch)
+        log.text(f"resumed from {last} at epoch {start_epoch}")
+    else:
+        log.header(vars(args))
+        log.text(f"AffinityNet ({args.backbone}, radius {args.radius}) on {len(dataset)} "
+                 f"images, {steps} steps per epoch, {max_step} steps; weights "
+                 f"{weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh tensors, "
+                 f"{len(info_w['dropped'])} file tensors unused")
+    sampler = (DistributedSampler(dataset, info.world_size, info.rank, shuffle=True,
+                                  seed=args.seed, drop_last=True) if info.distributed else None)
+    loader = make_loader(dataset, args.batch_size, args.num_workers, device, shuffle=True,
+                         sampler=sampler, drop_last=True, persistent=True)
+    for epoch in range(start_epoch, args.max_epoches):
+        stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        stats.update(train_one_epoch(model, reseed(loader, args.seed, epoch), optimizer,
+                                     device, epoch, args.radius, args.amp, scaler, info,
+                                     last_good=last))
+        log.epoch(stats)
+        log.text("epoch " + json.dumps(stats))
+        rng = gather_rng_states(info)
+        if info.is_main:
+            atomic_save(net.state_dict(), os.path.join(out_dir, "aff_net.pth"))
+            atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "epoch": epoch, "rng": rng, "args": vars(args)}, last)
+    log.close()
+    if info.is_main:
+        print(f"saved {os.path.join(out_dir, 'aff_net.pth')}")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_args(get_args_parser())))
