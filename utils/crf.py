@@ -43,7 +43,7 @@ def dense_crf(rgb: np.ndarray, probs: np.ndarray, kind: str = "seed",
     sxy, compat = PRESETS[kind]["gaussian"]
     d.addPairwiseGaussian(sxy=sxy, compat=compat)
     sxy, srgb, compat = PRESETS[kind]["bilateral"]
-    d.addPairwiseBilateral(sxy=sxy, srgb=srgb, rgbim=np.ascontiguousarray(rgb, np.uint8),
+    d.addPairwiseBilateral(sxy=sxy, srgb=srgb, rgbim=np.array(rgb, np.uint8, order="C"),
                            compat=compat)
     return np.array(d.inference(iterations), np.float32).reshape(K, H, W)
 
