@@ -220,3 +220,10 @@ def run(args, name: str, W, full: bool = True) -> dict:
     with open(os.path.join(exp, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+if __name__ == "__main__":
+    from utils.args import parse_args
+    from utils.errors import run_main
+
+    run_main(lambda: main(parse_args(get_args_parser())))

@@ -17,6 +17,8 @@ Each function mirrors how the authors' PCSS code does the work, step by step:
                          attention path, all C classes upsampled, label-weighted, summed and
                          max-normed, then the dict.
 * ``LiteralFIM``      -- whole FIM rounds (SPEC section 4) built on ``ref_fim_batch``.
+* ``literal_pairs`` ... ``literal_poly_sgd`` -- the refinement and segmentation stage
+                         (SPEC_REFINE 12-15), loop by loop.
 * ``literal_miou``    -- seed evaluation (SPEC section 7): per threshold, build the (C+1) x
                          H x W float32 volume, argmax, count TP/P/T class by class;
                          ``ref_cam_miou`` does it from files, reloading every file for every
@@ -264,3 +266,119 @@ def ref_cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], thresholds: S
         per_threshold.append(literal_miou(cams, gts, [t], K)[1][0])
     res = np.array(per_threshold)
     return res.mean(1), res
+
+
+# ------------------------------------------------------ refinement (SPEC_REFINE 12-15)
+def literal_pairs(h: int, w: int, radius: int):
+    """12.3 by explicit loops: offsets, from indices, partner indices (offset-major)."""
+    offs = [(0, dx) for dx in range(1, radius)]
+    for dy in range(1, radius):
+        for dx in range(-radius + 1, radius):
+            if dx * dx + dy * dy < radius * radius:
+                offs.append((dy, dx))
+    rf = radius - 1
+    froms = [i * w + j for i in range(h - rf) for j in range(rf, w - rf)]
+    tos = [(i + dy) * w + (j + dx) for dy, dx in offs
+           for i in range(h - rf) for j in range(rf, w - rf)]
+    return offs, np.array(froms), np.array(tos)
+
+
+def literal_affinity_labels(y: np.ndarray, radius: int):
+    """``(bg, fg, neg)`` (K x P float32) of one label map, pair by pair."""
+    h, w = y.shape
+    offs, froms, tos = literal_pairs(h, w, radius)
+    P = len(froms)
+    out = np.zeros((3, len(offs), P), np.float32)
+    flat = y.reshape(-1)
+    for k in range(len(offs)):
+        for p in range(P):
+            f, t = flat[froms[p]], flat[tos[k * P + p]]
+            out[0, k, p] = f == t == 0
+            out[1, k, p] = f == t and f not in (0, 255)
+            out[2, k, p] = f != t and f != 255 and t != 255
+    return out[0], out[1], out[2]
+
+
+def literal_label_map(la: np.ndarray, ha: np.ndarray, stride: int = 8) -> np.ndarray:
+    """12.2 steps 6-7 with numpy: block sums of the zero-padded maps over stride^2,
+    argmaxes, the 255 / 0 rules."""
+    def pool(x):
+        n, H, W = x.shape
+        Hp, Wp = -(-H // stride) * stride, -(-W // stride) * stride
+        z = np.zeros((n, Hp, Wp), x.dtype)
+        z[:, :H, :W] = x
+        return z.reshape(n, Hp // stride, stride, Wp // stride, stride).sum((2, 4)) / stride ** 2
+    la, ha = pool(la), pool(ha)
+    empty = np.concatenate([la, ha]).max(0) < 1e-5
+    a, b = la.argmax(0), ha.argmax(0)
+    y = a.copy()
+    y[a == 0] = 255
+    y[b == 0] = 0
+    y[empty] = 255
+    return y
+
+
+def literal_random_walk(scores: np.ndarray, aff: np.ndarray, radius: int, beta: float,
+                        logt: int) -> np.ndarray:
+    """14 as the reference computes it, in numpy float64: dense matrix, elementwise power,
+    column normalisation, ``logt`` squarings, pooled scores times it, bilinear upsampling
+    (torch, align_corners False), crop."""
+    c, H, W = scores.shape
+    h, w = -(-H // 8), -(-W // 8)
+    _, froms, tos = literal_pairs(h, w, radius)
+    K = len(tos) // len(froms)
+    M = np.eye(h * w)
+    vals = aff.reshape(-1)
+    for n, (f, t) in enumerate(zip(np.tile(froms, K), tos)):
+        M[f, t] = M[t, f] = vals[n]
+    T = M ** beta
+    T = T / T.sum(0, keepdims=True)
+    for _ in range(logt):
+        T = T @ T
+    padded = np.zeros((c, 8 * h, 8 * w))
+    padded[:, :H, :W] = scores
+    v = padded.reshape(c, h, 8, w, 8).mean((2, 4)).reshape(c, h * w)
+    r = torch.from_numpy((v @ T).reshape(1, c, h, w))
+    up = F.interpolate(r, size=(8 * h, 8 * w), mode="bilinear", align_corners=False)
+    return up[0, :, :H, :W].numpy()
+
+
+def literal_seg_predict(net, x: torch.Tensor, scales, flip: bool = False,
+                        merge: str = "max") -> torch.Tensor:
+    """15.3 / 15.4 view by view: every (scale, flip) forward alone."""
+    _, _, H, W = x.shape
+    maps = []
+    for s in scales:
+        xs = F.interpolate(x, size=(int(H * s), int(W * s)), mode="bilinear",
+                           align_corners=True)
+        for fl in ((False, True) if flip else (False,)):
+            logit = net(xs.flip(-1) if fl else xs)
+            logit = F.interpolate(logit, size=(H, W), mode="bilinear", align_corners=False)
+            maps.append(F.softmax(logit.flip(-1) if fl else logit, dim=1)[0])
+    if merge == "max":
+        out = torch.zeros_like(maps[0])
+        for m in maps:
+            out = torch.maximum(out, m)
+        return out
+    return torch.stack(maps).mean(0)
+
+
+def literal_poly_sgd(params, grads, lrs, wds, max_step: int, momentum: float,
+                     power: float = 0.9):
+    """PSA's PolyOptimizer spelled out: per step, the poly lr (while t < max_step), then
+    SGD with weight decay and momentum (dampening 0). ``params[g]``/``grads[t][g]`` are
+    tensors of group g; returns the parameters after every step and the lrs used."""
+    params = [p.clone() for p in params]
+    buf = [None] * len(params)
+    lr_now = list(lrs)
+    history, used = [], []
+    for t, gs in enumerate(grads):
+        if t < max_step:
+            lr_now = [lr * (1 - t / max_step) ** power for lr in lrs]
+        for g, (p, d) in enumerate(zip(params, gs)):
+            d = d + wds[g] * p
+            buf[g] = d.clone() if buf[g] is None else momentum * buf[g] + d
+            params[g] = p - lr_now[g] * buf[g]
+        history.append([p.clone() for p in params])
+        used.append(list(lr_now))
+    return history, used

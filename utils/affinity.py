@@ -33,13 +33,11 @@ def pair_offsets(radius: int) -> List[Tuple[int, int]]:
 
 def pair_indices(h: int, w: int, radius: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Flat indices (i * w + j) of the P "from" pixels and of their K * P partners
-    (offset-major) on an h x w grid; int64."""
+    (offset-major) on an h x w grid; int64. A grid with fewer than ``radius`` rows or
+    ``2 radius - 1`` columns has none (P = 0), as in the reference."""
     rf = radius - 1
-    if h <= rf or w <= 2 * rf:
-        raise ValueError(f"a {h}x{w} grid has no pixel pairs of radius {radius} "
-                         f"(needs at least {rf + 1} rows and {2 * rf + 1} columns)")
     grid = torch.arange(h * w, dtype=torch.int64).reshape(h, w)
-    ch, cw = h - rf, w - 2 * rf
+    ch, cw = max(h - rf, 0), max(w - 2 * rf, 0)
     i_from = grid[:ch, rf:rf + cw].reshape(-1)
     i_to = torch.cat([grid[dy:dy + ch, rf + dx:rf + dx + cw].reshape(-1)
                       for dy, dx in pair_offsets(radius)])
@@ -146,7 +144,8 @@ def sparse_affinity(aff: torch.Tensor, h: int, w: int, radius: int) -> torch.Ten
     rows = torch.cat([i_from, i_to, diag])
     cols = torch.cat([i_to, i_from, diag])
     vals = torch.cat([values, values, torch.ones(N, dtype=values.dtype, device=values.device)])
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (N, N)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (N, N),
+                                   check_invariants=False).coalesce()
 
 
 def rw_background(cams: torch.Tensor, mode: str = "threshold", threshold: float = 0.39,
@@ -165,14 +164,15 @@ def rw_background(cams: torch.Tensor, mode: str = "threshold", threshold: float 
 
 
 def _transition_sparse(M: torch.Tensor, beta: float) -> torch.Tensor:
-    """T0 = M^beta with columns normalised, transposed (T0^T, CSR) so that ``T0^T @ v^T``
-    computes the row-vector product ``v T0`` for every channel at once."""
+    """T0 = M^beta with columns normalised, transposed (T0^T, sparse) so that
+    ``T0^T @ v^T`` computes the row-vector product ``v T0`` for every channel at once."""
     M = M.coalesce()
     (rows, cols), vals = M.indices(), torch.pow(M.values(), beta)
     colsum = torch.zeros(M.shape[1], dtype=vals.dtype, device=vals.device).index_add_(0, cols,
                                                                                        vals)
     vals = vals / colsum[cols]
-    return torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, M.shape).coalesce().to_sparse_csr()
+    return torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, M.shape,
+                                   check_invariants=False).coalesce()
 
 
 def random_walk(scores: torch.Tensor, M: torch.Tensor, beta: float = 8, logt: int = 6,
@@ -208,7 +208,7 @@ def random_walk(scores: torch.Tensor, M: torch.Tensor, beta: float = 8, logt: in
         Tt = _transition_sparse(Ms, beta)
         r = v.t().contiguous()
         for _ in range(2 ** logt):
-            r = Tt @ r
+            r = torch.sparse.mm(Tt, r)
         r = r.t()
     else:
         raise ValueError(f"method must be 'auto', 'sparse' or 'squaring', not {method!r}")
