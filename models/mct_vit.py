@@ -19,7 +19,7 @@ share blocks 0..k with the first pass lives in ``models.prefix_sharing``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,30 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+@torch.library.custom_op("pcss::cpu_attention_with_weights", mutates_args=())
+def cpu_attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(q kᵀ scale) v, head mean of the softmax)`` without gradients on CPU.
+
+    Scaling q (N x d) instead of the scores (N x N) is less work, and bit-identical when the
+    scale is a power of two (head size 64). The softmax runs in place (a private aten op:
+    the public softmax has no out= form): not touching a fresh 13 MB buffer per block saves
+    page faults, so cam_dict on a 375x500 image with flip takes 0.34 s instead of 0.42 s
+    (1.21x; 2-core Xeon with AMX, float32; bench/bench_core.py softmax). A custom op, so
+    that compiled code (models.compile) calls this kernel sequence as it is instead of
+    re-deriving the softmax (which ran 7 % slower per block there).
+    """
+    attn = (q * scale) @ k.transpose(-2, -1)
+    torch.ops.aten._softmax.out(attn, -1, False, out=attn)
+    return attn @ v, attn.mean(dim=1)
+
+
+@cpu_attention_with_weights.register_fake
+def _(q, k, v, scale):
+    B, H, N, _ = q.shape
+    return q.new_empty(B, H, N, v.shape[-1]), q.new_empty(B, N, k.shape[-2])
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -72,18 +96,10 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if need_weights:
-            # scaling q (N x d) instead of the scores (N x N): less work, and bit-identical
-            # when the scale is a power of two (head size 64)
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if attn.device.type == "cpu" and not torch.is_grad_enabled():
-                # in place (a private aten op: the public softmax has no out= form). Not
-                # touching a fresh 13 MB buffer per block saves page faults: cam_dict on a
-                # 375x500 image with flip takes 0.34 s instead of 0.42 s (1.21x; 2-core Xeon
-                # with AMX, float32; bench/bench_core.py softmax)
-                torch.ops.aten._softmax.out(attn, -1, False, out=attn)
-            else:
-                attn = attn.softmax(dim=-1)
+        if need_weights and x.device.type == "cpu" and not torch.is_grad_enabled():
+            out, weights = cpu_attention_with_weights(q, k, v, self.scale)
+        elif need_weights:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             out = attn @ v
             weights = attn.mean(dim=1)
         else:
@@ -102,12 +118,21 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
+    def attn_branch(self, x: torch.Tensor, need_weights: bool = False):
+        """``(attn(norm1(x)), weights)``: the attention branch before drop path."""
+        return self.attn(self.norm1(x), need_weights)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``mlp(norm2(x))``: the MLP branch before drop path."""
+        return self.mlp(self.norm2(x))
+
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         """``(x, weights)``: weights are the head-averaged attention when asked, else None.
-        (``models.prefix_sharing.traced_block_forward`` is the same computation, recorded.)"""
-        fa, weights = self.attn(self.norm1(x), need_weights)
+        (``models.prefix_sharing.traced_block_forward`` is the same computation, recorded;
+        ``models.compile`` compiles the two branches, drop path staying outside.)"""
+        fa, weights = self.attn_branch(x, need_weights)
         x = x + self.drop_path(fa)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.mlp_branch(x))
         return x, weights
 
 

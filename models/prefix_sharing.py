@@ -36,9 +36,14 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
+    @property
+    def active(self) -> bool:
+        """Does a call draw a mask (train mode and ``p > 0``)?"""
+        return self.training and self.p != 0.0
+
     def draw(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The 0/1 keep mask (B x 1 x ...) this call would use, or None when inactive."""
-        if self.p == 0.0 or not self.training:
+        if not self.active:
             return None
         return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
 
@@ -66,10 +71,10 @@ def traced_block_forward(block, x: torch.Tensor, need_weights: bool,
                          trace: List[BlockTrace]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``block(x, need_weights)``, appending what it computed to ``trace``; the same
     operations and random draws as the untraced call."""
-    fa, weights = block.attn(block.norm1(x), need_weights)
+    fa, weights = block.attn_branch(x, need_weights)
     ma = block.drop_path.draw(fa)
     x = x + block.drop_path.apply_mask(fa, ma)
-    fm = block.mlp(block.norm2(x))
+    fm = block.mlp_branch(x)
     mm = block.drop_path.draw(fm)
     x = x + block.drop_path.apply_mask(fm, mm)
     trace.append(BlockTrace(fa, ma, fm, mm, weights))
@@ -85,12 +90,12 @@ def shared_block_forward(block, x: torch.Tensor, ref: BlockTrace, diverged: torc
     Returns ``(x, weights, diverged)``."""
     if need_weights and ref.weights is None:
         diverged = torch.ones_like(diverged)
-    fa, weights = _rows(lambda z: block.attn(block.norm1(z), need_weights), x, diverged,
+    fa, weights = _rows(lambda z: block.attn_branch(z, need_weights), x, diverged,
                         ref.attn_out, ref.weights if need_weights else None)
     ma = block.drop_path.draw(fa)
     x = x + block.drop_path.apply_mask(fa, ma)
     diverged = diverged | _differs(ma, ref.attn_mask)
-    fm, _ = _rows(lambda z: (block.mlp(block.norm2(z)), None), x, diverged, ref.mlp_out, None)
+    fm, _ = _rows(lambda z: (block.mlp_branch(z), None), x, diverged, ref.mlp_out, None)
     mm = block.drop_path.draw(fm)
     x = x + block.drop_path.apply_mask(fm, mm)
     return x, weights, diverged | _differs(mm, ref.mlp_mask)
