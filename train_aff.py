@@ -42,7 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="low-alpha CRF score dicts (default experiment/<name>/crf/1)")
     g.add_argument("--ha_crf_dir", default=None,
                    help="high-alpha CRF score dicts (default experiment/<name>/crf/12)")
-    g.add_argument("--crop_size", type=int, default=448, help="random crop side (multiple of 8)")
+    g.add_argument("--crop_size", type=int, default=448,
+                   help="random crop side (a multiple of the backbone's stride: 8, toy 4)")
     g = p.add_argument_group("optimisation (SPEC_REFINE 13.3-13.4)")
     g.add_argument("--recipe", choices=AFF_RECIPES, default="mct",
                    help="defaults of --lr and --max_epoches: mct (0.01, 5) or psa (0.1, 8)")
@@ -77,10 +78,10 @@ def run(args, device, info) -> None:
     from datasets.layout import layout
     from datasets.loader import make_loader, reseed
     from engine.affinity import train_one_epoch
-    from models.refine import (aff_recipe, build_affinity_net, default_backbone,
-                               resolve_init_weights)
-    from utils.checkpoint import (atomic_save, gather_rng_states, load_training_state,
-                                  set_rng_state)
+    from engine.common import prepare_model
+    from models.refine import (aff_recipe, affinity_stride, build_affinity_net,
+                               default_backbone, resolve_init_weights)
+    from utils.checkpoint import resume_training, save_training_state
     from utils.errors import UserError
     from utils.lists import read_id_list
     from utils.logger import RunLog
@@ -106,7 +107,9 @@ def run(args, device, info) -> None:
     autocast_context(device, args.amp)
     weights = resolve_init_weights(args.backbone, args.weights, "affinity")
     train_list = args.train_list or lay.train_list
-    dataset = AffinityDataset(lay, read_id_list(train_list), la_dir, ha_dir, args.crop_size)
+    stride = affinity_stride(args.backbone)
+    dataset = AffinityDataset(lay, read_id_list(train_list), la_dir, ha_dir, args.crop_size,
+                              stride)
     per_step = args.batch_size * info.world_size
     if len(dataset) < per_step:
         raise UserError(f"--batch_size {args.batch_size} x {info.world_size} process(es) is "
@@ -117,29 +120,14 @@ def run(args, device, info) -> None:
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
     seed_everything(args.seed + info.rank)
     net, info_w = build_affinity_net(args.backbone, radius=args.radius, weights=weights)
-    net.to(device)
-    model = net
-    if args.compile:
-        from models import compile_network
-        model = compile_network(model)
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = prepare_model(net, device, info, args.compile)
     momentum = args.wt_dec if args.momentum is None else args.momentum
     optimizer = PolySGD(net.param_groups(args.lr, args.wt_dec), max_step, momentum=momentum)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     last = os.path.join(out_dir, "last.pth")
     start_epoch = 0
     if args.resume:
-        state = load_training_state(last)
-        net.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
-        start_epoch = int(state["epoch"]) + 1
-        log.trim_epochs(start_epoch)
-        log.text(f"resumed from {last} at epoch {start_epoch}")
+        start_epoch = resume_training(last, log, net, optimizer, scaler, info)
     else:
         log.header(vars(args))
         log.text(f"AffinityNet ({args.backbone}, radius {args.radius}) on {len(dataset)} "
@@ -157,12 +145,8 @@ def run(args, device, info) -> None:
                                      last_good=last))
         log.epoch(stats)
         log.text("epoch " + json.dumps(stats))
-        rng = gather_rng_states(info)
-        if info.is_main:
-            atomic_save(net.state_dict(), os.path.join(out_dir, "aff_net.pth"))
-            atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None,
-                         "epoch": epoch, "rng": rng, "args": vars(args)}, last)
+        save_training_state(last, epoch, net, optimizer, scaler, args, info,
+                            weights=os.path.join(out_dir, "aff_net.pth"))
     log.close()
     if info.is_main:
         print(f"saved {os.path.join(out_dir, 'aff_net.pth')}")

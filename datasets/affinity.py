@@ -6,10 +6,11 @@ RGB image and both dicts; colour jitter on the image only (torchvision ``ColorJi
 0.3, 0.3, 0.1)``); one random crop window of side S for image and scores, filled with 0
 outside the image (origins drawn with Python's ``random.randrange``, width first, then
 height); normalise the crop; with probability 1/2 (``random.getrandbits(1)``) flip image and
-scores together; scores pooled by 8x8 means into the label map ``y`` (0 background, 1..n the
-dict's channels, 255 ignored; ``utils.affinity.affinity_label_map``). Items are
-``(image 3 x S x S float32, y (S/8) x (S/8) int64)``; the pair labels of section 12.3 are made
-from ``y`` batch-wise in the training loop.
+scores together; scores pooled by means over stride x stride blocks (8 x 8 for the reference
+backbones) into the label map ``y`` (0 background, 1..n the dict's channels, 255 ignored;
+``utils.affinity.affinity_label_map``). Items are ``(image 3 x S x S float32, y (S/stride) x
+(S/stride) int64)``; the pair labels of section 12.3 are made from ``y`` batch-wise in the
+training loop.
 
 The score dicts are read through ``utils.io.load_npy_dict`` (no code runs from them); a
 missing dict for a listed id is reported up front, with the command that writes them.
@@ -51,15 +52,16 @@ def read_score_dict(path: str) -> torch.Tensor:
 class AffinityDataset(Dataset):
     """Images of ``ids`` with their score dicts in ``la_dir`` / ``ha_dir`` (``<id>.npy``).
 
-    ``crop`` is the window side S (448 in the reference; a multiple of 8). Randomness comes
-    from Python's ``random`` (crop, flip) and torch (jitter), as in the reference; workers are
-    seeded by the DataLoader."""
+    ``crop`` is the window side S (448 in the reference; a multiple of ``stride``, the
+    network's output stride). Randomness comes from Python's ``random`` (crop, flip) and
+    torch (jitter), as in the reference; workers are seeded by the DataLoader."""
 
     def __init__(self, lay: Layout, ids: Sequence[str], la_dir: str, ha_dir: str,
-                 crop: int = 448, jitter: bool = True):
-        if crop % 8:
-            raise UserError(f"--crop_size {crop} is not a multiple of 8")
-        self.layout, self.ids, self.crop = lay, list(ids), crop
+                 crop: int = 448, stride: int = 8, jitter: bool = True):
+        if crop % stride:
+            raise UserError(f"--crop_size {crop} is not a multiple of the network's stride "
+                            f"{stride}")
+        self.layout, self.ids, self.crop, self.stride = lay, list(ids), crop, stride
         self.la = [os.path.join(la_dir, i + ".npy") for i in self.ids]
         self.ha = [os.path.join(ha_dir, i + ".npy") for i in self.ids]
         for what, paths, d in (("low-alpha", self.la, la_dir), ("high-alpha", self.ha, ha_dir)):
@@ -98,5 +100,5 @@ class AffinityDataset(Dataset):
         la, ha = crop_window(la, S, top, left, 0.0), crop_window(ha, S, top, left, 0.0)
         if random.getrandbits(1):
             x, la, ha = x.flip(-1), la.flip(-1), ha.flip(-1)
-        return x.contiguous(), affinity_label_map(la, ha, stride=8)
+        return x.contiguous(), affinity_label_map(la, ha, stride=self.stride)
 

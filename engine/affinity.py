@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engine.common import optimizer_step, stop_if_not_finite
 from utils.affinity import (affinity_labels, affinity_loss, random_walk, rw_background,
                             sparse_affinity)
 from utils.dist import DistInfo, all_reduce_sum
-from utils.errors import NonFiniteLoss
 from utils.io import load_cam_dict
 from utils.runtime import autocast_context
 
@@ -38,19 +38,9 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int, 
         with autocast_context(device, amp):
             aff = model(images)
         L = affinity_loss(aff.float(), bg, fg, neg)
-        if not torch.isfinite(L["total"]):
-            back = (f"the last good state is {last_good} (--resume continues from it)"
-                    if last_good and os.path.isfile(last_good) else "no checkpoint yet")
-            raise NonFiniteLoss(f"the affinity loss became {float(L['total'])} at epoch "
-                                f"{epoch}, step {step}; {back}. Try a lower --lr.")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(L["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            L["total"].backward()
-            optimizer.step()
+        stop_if_not_finite(L["total"], "the affinity loss", f"at epoch {epoch}, step {step}",
+                           last_good, "Try a lower --lr.")
+        optimizer_step(L["total"], optimizer, scaler)
         sums[:-1] += torch.stack([L[k].detach().double() for k in LOSS_NAMES])
         sums[-1] += 1
         if step % 5 == 0:
@@ -73,9 +63,10 @@ def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarra
                       bg: str = "threshold", bg_thr: float = 0.39, alpha: float = 16,
                       method: str = "auto", amp: str = "none", progress: bool = True) -> int:
     """Pseudo masks of every ``(image, label, id)`` of ``loader`` (native sizes, batch 1;
-    SPEC_REFINE 14): AffinityNet on the padded image, the transition of its affinities, the
-    walk of background + the seed dict's classes (``cam_dir/<id>.npy``); the label map
-    (uint8: 0 background, k + 1 class k) goes to ``write(id, labels)``. The walk runs in
+    SPEC_REFINE 14): AffinityNet on the image padded to its stride (``net.stride``), the
+    transition of its affinities, the walk of background + the seed dict's classes
+    (``cam_dir/<id>.npy``); the label map (uint8: 0 background, k + 1 class k) goes to
+    ``write(id, labels)``. The walk runs in
     float32 (or the network's float64). Returns the count."""
     net.eval()
     n = 0
@@ -83,7 +74,8 @@ def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarra
                                    disable=not progress):
         cams = load_cam_dict(os.path.join(cam_dir, image_id + ".npy"))
         H, W = image.shape[-2:]
-        x = pad_to_stride(image[None].to(device, non_blocking=True))
+        stride = net.stride
+        x = pad_to_stride(image[None].to(device, non_blocking=True), stride)
         with autocast_context(device, amp):
             aff = net(x)[0]
         dtype = torch.float64 if aff.dtype == torch.float64 else torch.float32
@@ -97,8 +89,9 @@ def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarra
         else:
             v = torch.zeros(0, H, W, dtype=dtype, device=device)
         back = rw_background(v, mode=bg, threshold=bg_thr, alpha=alpha)
-        M = sparse_affinity(aff.to(dtype), x.shape[-2] // 8, x.shape[-1] // 8, radius)
-        maps = random_walk(torch.cat([back[None], v]), M, beta=beta, logt=logt, method=method)
+        M = sparse_affinity(aff.to(dtype), x.shape[-2] // stride, x.shape[-1] // stride, radius)
+        maps = random_walk(torch.cat([back[None], v]), M, beta=beta, logt=logt, method=method,
+                           stride=stride)
         lut = np.array([0] + [k + 1 for k in keys], np.uint8)
         write(image_id, lut[maps.argmax(0).cpu().numpy()])
         n += 1

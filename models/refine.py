@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -74,46 +74,47 @@ def _info_from_constructor(net: nn.Module, loaded: bool) -> Info:
             "dropped": ["fc.weight", "fc.bias"] if loaded else []}
 
 
+def affinity_stride(backbone: str) -> int:
+    """The output stride of ``backbone``'s AffinityNet (the walk's grid): 8, toy 4."""
+    return {"resnet38": 8, "resnet50": 8, "toy": ToyAff.stride}[backbone]
+
+
 def build_affinity_net(backbone: str, radius: int = 5, weights: Optional[str] = None
                        ) -> Tuple[nn.Module, Info]:
     """AffinityNet on ``backbone`` initialised from ``weights`` (see
     ``resolve_init_weights``); returns the net (training mode) and which keys were fresh /
     dropped."""
-    if backbone == "resnet38":
-        net = build_resnet38_aff(radius)
-        if weights is None:
-            return net, {"fresh": list(net.state_dict()), "dropped": []}
-        return net, load_resnet38_weights(net, weights)
-    if backbone == "resnet50":
-        net = ResNet50Aff(radius, weights)
-        return net, _info_from_constructor(net, weights is not None)
-    if backbone == "toy":
-        net = ToyAff(radius)
-        if weights is None:
-            return net, {"fresh": list(net.state_dict()), "dropped": []}
-        load_model_weights(net, weights)
-        return net, {"fresh": [], "dropped": []}
-    raise UserError(f"unknown affinity backbone {backbone!r}")
+    makers = {"resnet38": lambda: build_resnet38_aff(radius),
+              "resnet50": lambda: ResNet50Aff(radius, weights),
+              "toy": lambda: ToyAff(radius)}
+    return _build(makers, backbone, weights, "affinity")
 
 
 def build_segmentation_net(backbone: str, num_classes: int, weights: Optional[str] = None
                            ) -> Tuple[nn.Module, Info]:
     """The segmentation net of ``backbone`` for ``num_classes`` (background included)."""
-    if backbone == "resnet38":
-        net = build_resnet38_seg(num_classes)
-        if weights is None:
-            return net, {"fresh": list(net.state_dict()), "dropped": []}
-        return net, load_resnet38_weights(net, weights)
-    if backbone == "deeplabv2_r101":
-        net = DeepLabV2(num_classes, weights)
+    makers = {"resnet38": lambda: build_resnet38_seg(num_classes),
+              "deeplabv2_r101": lambda: DeepLabV2(num_classes, weights),
+              "toy": lambda: ToySeg(num_classes)}
+    return _build(makers, backbone, weights, "segmentation")
+
+
+def _build(makers: Dict[str, Callable[[], nn.Module]], backbone: str, weights: Optional[str],
+           stage: str) -> Tuple[nn.Module, Info]:
+    """The net ``makers[backbone]()`` initialised from ``weights``: ResNet-38 through
+    ``load_resnet38_weights`` (fresh / dropped keys reported), the torchvision trunks in
+    their constructors (ImageNet files), the toy nets strictly; ``None``: all fresh."""
+    if backbone not in makers:
+        raise UserError(f"unknown {stage} backbone {backbone!r}")
+    net = makers[backbone]()
+    if backbone in ("resnet50", "deeplabv2_r101"):
         return net, _info_from_constructor(net, weights is not None)
-    if backbone == "toy":
-        net = ToySeg(num_classes)
-        if weights is None:
-            return net, {"fresh": list(net.state_dict()), "dropped": []}
-        load_model_weights(net, weights)
-        return net, {"fresh": [], "dropped": []}
-    raise UserError(f"unknown segmentation backbone {backbone!r}")
+    if weights is None:
+        return net, {"fresh": list(net.state_dict()), "dropped": []}
+    if backbone == "resnet38":
+        return net, load_resnet38_weights(net, weights)
+    load_model_weights(net, weights)
+    return net, {"fresh": [], "dropped": []}
 
 
 def _load_trained(net: nn.Module, path: str, device: torch.device, what: str) -> nn.Module:
@@ -158,7 +159,7 @@ def seg_recipe(backbone: str, num_images: int) -> Dict[str, float]:
     if backbone == "deeplabv2_r101":
         return {"num_epochs": max(1, math.ceil(20000 / max(num_images // 10, 1))),
                 "batch_size": 10, "lr": 2.5e-4, "wt_dec": 5e-4}
-    return {"num_epochs": 3, "batch_size": 16, "lr": 0.05, "wt_dec": 5e-4}
+    return {"num_epochs": 3, "batch_size": 16, "lr": 0.005, "wt_dec": 5e-4}
 
 
 def seg_optim(backbone: str, wt_dec: float, momentum: Optional[float]

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.affinity import pair_indices
+from utils.affinity import pair_affinities
 from utils.errors import UserError
 
 Features = Dict[str, torch.Tensor]
@@ -100,6 +100,7 @@ class ResNet38(FrozenBatchNormMixin, nn.Module):
     """The trunk of 11.2: ``features(x)`` -> ``conv4`` (512), ``conv5`` (1024), ``conv6``
     (4096), all at stride 8 (``ceil(H/8) x ceil(W/8)``); input the normalised image."""
     channels = (512, 1024, 4096)
+    stride = 8
 
     def __init__(self):
         super().__init__()
@@ -144,16 +145,18 @@ class AffinityHead(nn.Module):
     lr (weights) and 20x (biases) in ``param_groups``."""
     head_modules = ("f8_3", "f8_4", "f8_5", "f9")
 
-    def _init_affinity_head(self, channels: Sequence[int], radius: int = 5):
+    def _init_affinity_head(self, channels: Sequence[int], radius: int = 5,
+                            widths: Sequence[int] = (64, 128, 256)):
+        """``widths``: the three 1x1 convs' outputs (the reference's 64 / 128 / 256; the
+        embedding has their sum, 448)."""
         self.radius = radius
-        self.f8_3 = nn.Conv2d(channels[0], 64, 1, bias=False)
-        self.f8_4 = nn.Conv2d(channels[1], 128, 1, bias=False)
-        self.f8_5 = nn.Conv2d(channels[2], 256, 1, bias=False)
-        self.f9 = nn.Conv2d(448, 448, 1, bias=False)
+        self.f8_3 = nn.Conv2d(channels[0], widths[0], 1, bias=False)
+        self.f8_4 = nn.Conv2d(channels[1], widths[1], 1, bias=False)
+        self.f8_5 = nn.Conv2d(channels[2], widths[2], 1, bias=False)
+        self.f9 = nn.Conv2d(sum(widths), sum(widths), 1, bias=False)
         for conv in (self.f8_3, self.f8_4, self.f8_5):
             nn.init.kaiming_normal_(conv.weight)
         nn.init.xavier_uniform_(self.f9.weight, gain=4)
-        self._pairs: Dict[tuple, tuple] = {}
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -161,21 +164,10 @@ class AffinityHead(nn.Module):
                        F.elu(self.f8_5(f["conv6"]))], dim=1)
         return F.elu(self.f9(e))
 
-    def pairs(self, h: int, w: int, device: torch.device):
-        """``pair_indices(h, w, radius)`` on ``device``, cached per grid size."""
-        key = (h, w, str(device))
-        if key not in self._pairs:
-            self._pairs[key] = tuple(t.to(device) for t in pair_indices(h, w, self.radius))
-        return self._pairs[key]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.embed(x)
-        B, C, h, w = e.shape
-        i_from, i_to = self.pairs(h, w, e.device)
-        e = e.reshape(B, C, h * w)
-        ff = e.index_select(2, i_from).unsqueeze(2)                       # B x C x 1 x P
-        ft = e.index_select(2, i_to).reshape(B, C, -1, i_from.numel())    # B x C x K x P
-        return torch.exp(-(ft - ff).abs().mean(dim=1))
+        """The affinities (B x K x P) of 13.1 on the embedding's grid (``pair_affinities``:
+        the reference's gather replaced by shifted slices, the same numbers)."""
+        return pair_affinities(self.embed(x), self.radius)
 
     def param_groups(self, lr: float, weight_decay: float) -> List[dict]:
         """PSA's four groups (13.4) over the conv (and GroupNorm) layers' trainable tensors:

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.reference_refine import (ref_affinity_labels, ref_affinity_loss, ref_crop_window,
+from bench.reference_refine import (ref_affinities, ref_affinity_labels, ref_affinity_loss,
+                                    ref_crop_window,
                                     ref_dense_affinity, ref_label_map, ref_pair_indices,
                                     ref_pair_offsets, ref_random_walk, ref_rw_background)
 from utils.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
-                            dense_affinity, pair_indices, pair_offsets, random_walk,
+                            dense_affinity, pair_affinities, pair_indices, pair_offsets,
+                            random_walk,
                             rw_background, sparse_affinity)
 
 
@@ -220,3 +222,19 @@ def test_random_walk_argument_errors():
         random_walk(torch.rand(2, 30, 30), torch.eye(9))
     with pytest.raises(ValueError, match="method"):
         random_walk(torch.rand(2, 24, 24), torch.eye(9), method="power")
+
+
+@pytest.mark.parametrize("r,h,w", [(5, 12, 13), (2, 5, 4), (3, 7, 9), (6, 11, 12), (4, 3, 9),
+                                   (5, 9, 8)])
+def test_pair_affinities_slices_equal_the_pairwise_definition(r, h, w):
+    """The slice-based affinities of the AffinityNet head equal 13.1 pair by pair (float64),
+    including grids too small for any pair (P = 0), and carry gradients."""
+    g = torch.Generator().manual_seed(r * 100 + h * 10 + w)
+    e = torch.rand(2, 5, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    got = pair_affinities(e, r)
+    want = ref_affinities(e.detach().numpy(), r)
+    assert got.shape == want.shape == (2, len(pair_offsets(r)), len(pair_indices(h, w, r)[0]))
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=0)
+    if got.numel():
+        got.sum().backward()
+        assert torch.isfinite(e.grad).all() and e.grad.abs().sum() > 0

@@ -16,7 +16,7 @@ from bench.reference import (literal_affinity_labels, literal_label_map, literal
                              literal_poly_sgd, literal_random_walk, literal_seg_predict)
 from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.deeplab import build_deeplabv2
-from models.refine import load_affinity_net, load_segmentation_net
+from models.refine import affinity_stride, load_affinity_net, load_segmentation_net
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
 from utils.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
                             dense_affinity, pair_indices, pair_offsets, random_walk,
@@ -243,11 +243,13 @@ def test_other_affinity_backbones_shapes_and_gradients(make):
     net.train()
     x = torch.randn(2, 3, 96, 104)
     aff = net(x)
-    r = net.radius
-    K, P = len(pair_offsets(r)), (12 - r + 1) * (13 - 2 * r + 2)
+    r, s = net.radius, net.stride
+    assert s == affinity_stride({ToyAff: "toy", ResNet50Aff: "resnet50"}[type(net)])
+    h, w = -(-96 // s), -(-104 // s)           # the walk's grid at the net's stride
+    K, P = len(pair_offsets(r)), (h - r + 1) * (w - 2 * r + 2)
     assert aff.shape == (2, K, P) and torch.isfinite(aff).all()
     assert ((aff > 0) & (aff <= 1)).all()
-    y = torch.randint(0, 3, (2, 12, 13))
+    y = torch.randint(0, 3, (2, h, w))
     L = affinity_loss(aff, *affinity_labels(y, r))
     L["total"].backward()
     assert net.f9.weight.grad is not None and torch.isfinite(net.f9.weight.grad).all()
@@ -262,7 +264,8 @@ def test_segmentation_backbones_shapes_gradients_round_trip(make, C, tmp_path):
     net.train()
     x = torch.randn(2, 3, 65, 80)
     logits = net(x)
-    assert logits.shape == (2, C, 9, 10) and torch.isfinite(logits).all()
+    s = 4 if isinstance(net, ToySeg) else 8     # output stride: toy 4, DeepLabV2 8
+    assert logits.shape == (2, C, -(-65 // s), -(-80 // s)) and torch.isfinite(logits).all()
     target = torch.randint(0, C, (2, 65, 80))
     target[:, :5] = 255
     seg_loss(logits, target).backward()

@@ -61,3 +61,42 @@ def load_training_state(path: str) -> Dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise UserError(f"--resume: cannot read {path} ({e}); it may be truncated") from None
+
+
+def resume_training(path: str, log, model, optimizer, scaler=None,
+                    info: DistInfo = DistInfo(), **others) -> int:
+    """``--resume`` of every stage: load ``path`` (a ``last.pth`` of ``save_training_state``)
+    into ``model`` (strictly), ``optimizer``, ``scaler`` (when the run uses one) and each
+    ``others[key]`` (objects with ``load_state_dict``, e.g. a schedule, the FIM), restore
+    this rank's RNG states, drop the log's epochs after the checkpoint and note the resume.
+    Returns the first epoch to run."""
+    state = load_training_state(path)
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    for key, obj in others.items():
+        obj.load_state_dict(state[key])
+    set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+    start = int(state["epoch"]) + 1
+    log.trim_epochs(start)
+    log.text(f"resumed from {path} at epoch {start}")
+    return start
+
+
+def save_training_state(path: str, epoch: int, model, optimizer, scaler, args,
+                        info: DistInfo = DistInfo(), weights: str = None, **others) -> None:
+    """After ``epoch``: everything ``resume_training`` needs (model, optimizer, scaler,
+    ``others``' state dicts, every rank's RNG states, the arguments) to ``path``, and the bare
+    state dict to ``weights`` when given; atomically, on the main process (the RNG gathering
+    is collective: every rank calls this)."""
+    rng = gather_rng_states(info)
+    if not info.is_main:
+        return
+    if weights:
+        atomic_save(model.state_dict(), weights)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    state.update({key: obj.state_dict() for key, obj in others.items()})
+    state.update(scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch,
+                 rng=rng, args=vars(args))
+    atomic_save(state, path)

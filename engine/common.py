@@ -1,0 +1,71 @@
+"""What the loops of every stage share: the network made ready for training (compiled, then
+wrapped in DistributedDataParallel), the optimiser step with or without the fp16 gradient
+scaler, the stop on a non-finite loss, and an inference's claim on its output folder."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from utils.dist import DistInfo, barrier, shard
+from utils.manifest import check_folder, claim_folder
+from utils.errors import NonFiniteLoss
+
+
+def prepare_model(net: torch.nn.Module, device: torch.device, info: DistInfo,
+                  compile: bool = False) -> torch.nn.Module:
+    """``net`` moved to ``device``; with ``compile`` through ``models.compile_network``;
+    under several processes wrapped in DDP (after compiling: the gradient hooks sit on the
+    shared parameters). ``net`` itself stays the module whose state dict is saved."""
+    net.to(device)
+    model = net
+    if compile:
+        from models.compile import compile_network
+        model = compile_network(model)
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def stop_if_not_finite(loss: torch.Tensor, what: str, where: str, last_good: Optional[str],
+                       hint: str) -> None:
+    """Raise ``NonFiniteLoss`` when ``loss`` is NaN or infinite: "<what> became <value>
+    <where>", where the last good checkpoint is, and ``hint``."""
+    if torch.isfinite(loss):
+        return
+    back = (f"the last good state is {last_good} (--resume continues from it)"
+            if last_good and os.path.isfile(last_good) else
+            "no checkpoint was written before it")
+    raise NonFiniteLoss(f"{what} became {float(loss)} {where}. Training stopped; {back}. {hint}")
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
+    """Zero the gradients, backpropagate ``loss`` and step (through the fp16 ``scaler``
+    when there is one)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def pending_outputs(out_dir: str, made_by: dict, ids: Sequence[str], overwrite: bool,
+                    info: DistInfo, extension: str = ".png") -> Tuple[List[int], List[int]]:
+    """Claim ``out_dir`` for the outputs of ``made_by`` (``utils.manifest``: refuse a folder
+    of other weights unless ``overwrite``; the main process writes the manifest, every
+    process waits for it) and split ``ids`` over the processes. Returns ``(mine, todo)``:
+    this process's indices into ``ids``, and those whose ``<id><extension>`` is not written
+    yet."""
+    state = check_folder(out_dir, made_by, (extension,), overwrite)
+    barrier(info)
+    if info.is_main:
+        claim_folder(out_dir, made_by, (extension,), state)
+    barrier(info)
+    mine = list(shard(range(len(ids)), info))
+    todo = [i for i in mine if not os.path.isfile(os.path.join(out_dir, ids[i] + extension))]
+    return mine, todo
