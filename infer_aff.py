@@ -67,16 +67,17 @@ def main(args) -> None:
 def run(args, device, info) -> None:
     import os
 
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
 
     from datasets import build_dataset, collate_single
     from datasets.layout import layout
+    from datasets.loader import make_loader
     from engine.affinity import random_walk_masks
+    from engine.common import pending_outputs
     from models.refine import default_backbone, load_affinity_net
-    from utils.dist import barrier, shard
+    from utils.dist import barrier
     from utils.errors import UserError
-    from utils.manifest import (check_folder, claim_folder, file_fingerprint, producer,
-                                read_manifest)
+    from utils.manifest import file_fingerprint, producer, read_manifest
     from utils.report import best_threshold
     from utils.runtime import autocast_context
     from utils.vis import save_label_png
@@ -111,23 +112,15 @@ def run(args, device, info) -> None:
                        backbone=backbone, radius=args.radius, beta=args.beta, logt=args.logt,
                        bg=args.bg, bg_thr=bg_thr if args.bg == "threshold" else None,
                        alpha=args.alpha if args.bg == "power" else None)
-    state = check_folder(out_dir, made_by, (".png",), args.overwrite)
-    barrier(info)
-    if info.is_main:
-        claim_folder(out_dir, made_by, (".png",), state)
-    barrier(info)
-    mine = shard(range(len(dataset)), info)
-    todo = [i for i in mine
-            if not os.path.isfile(os.path.join(out_dir, dataset.ids[i] + ".png"))]
+    mine, todo = pending_outputs(out_dir, made_by, dataset.ids, args.overwrite, info)
     if info.is_main:
         rule = (f"threshold {bg_thr:.2f}" if args.bg == "threshold"
                 else f"(1 - max)^{args.alpha:g}")
         print(f"{len(dataset)} images in {list_path}; seeds {cam_dir}; AffinityNet {weights}; "
               f"background {rule}, beta {args.beta:g}, logt {args.logt}; "
               f"{len(mine) - len(todo)} of this process's {len(mine)} already done")
-    loader = DataLoader(Subset(dataset, todo), batch_size=1, shuffle=False,
-                        num_workers=min(args.num_workers, len(todo)),
-                        pin_memory=device.type == "cuda", collate_fn=collate_single)
+    loader = make_loader(Subset(dataset, todo), 1, min(args.num_workers, len(todo)), device,
+                         collate_fn=collate_single)
     n = random_walk_masks(net, loader, cam_dir,
                           lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"),
                                                            labels),

@@ -59,18 +59,20 @@ def run(args, device, info) -> None:
     import os
     import tarfile
 
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
 
     from datasets import collate_single
     from datasets.layout import layout
+    from datasets.loader import make_loader
     from datasets.wsss import WSSSDataset, build_transform
+    from engine.common import pending_outputs
     from engine.segmentation import predict
     from models.refine import default_backbone, load_segmentation_net
     from utils.crf import crf_available
-    from utils.dist import barrier, shard
+    from utils.dist import barrier
     from utils.errors import UserError
     from utils.lists import read_id_list
-    from utils.manifest import check_folder, claim_folder, file_fingerprint, producer
+    from utils.manifest import file_fingerprint, producer
     from utils.runtime import autocast_context
     from utils.vis import save_label_png
 
@@ -102,22 +104,14 @@ def run(args, device, info) -> None:
         net = compile_network(net)
     made_by = producer(file_fingerprint(weights), backbone=backbone, scales=args.scales,
                        flip=args.flip, merge=args.merge, crf=args.use_crf, amp=args.amp)
-    state = check_folder(out_dir, made_by, (".png",), args.overwrite)
-    barrier(info)
-    if info.is_main:
-        claim_folder(out_dir, made_by, (".png",), state)
-    barrier(info)
-    mine = shard(range(len(dataset)), info)
-    todo = [i for i in mine
-            if not os.path.isfile(os.path.join(out_dir, dataset.ids[i] + ".png"))]
+    mine, todo = pending_outputs(out_dir, made_by, dataset.ids, args.overwrite, info)
     if info.is_main:
         print(f"{len(dataset)} images in {list_path}; weights {weights}; scales "
               f"{args.scales}{' + flip' if args.flip else ''}, {args.merge} merge"
               f"{', CRF' if args.use_crf else ''}; {len(mine) - len(todo)} of this "
               f"process's {len(mine)} already done")
-    loader = DataLoader(Subset(dataset, todo), batch_size=1, shuffle=False,
-                        num_workers=min(args.num_workers, len(todo)),
-                        pin_memory=device.type == "cuda", collate_fn=collate_single)
+    loader = make_loader(Subset(dataset, todo), 1, min(args.num_workers, len(todo)), device,
+                         collate_fn=collate_single)
     n = predict(net, loader, device,
                 lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"), labels),
                 args.scales, args.flip, args.merge, args.use_crf, lay.image_path, args.amp,

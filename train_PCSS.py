@@ -43,13 +43,13 @@ def run(args, device, info) -> None:
     from datasets import build_dataset, collate_single
     from datasets.layout import layout
     from datasets.loader import make_loader, reseed
+    from engine.common import prepare_model
     from engine.pcss import fim_round, train_one_epoch, validate
-    from models import ARCHS, build_arch, init_from_deit
+    from models import ARCHS, build_arch, compile_network, init_from_deit
     from models.checkpoint import deit_weights, freeze_parameters
     from models.pcss import PCSSConfig
     from utils.args import default_input_size
-    from utils.checkpoint import (atomic_save, gather_rng_states, load_training_state,
-                                  set_rng_state)
+    from utils.checkpoint import atomic_save, resume_training, save_training_state
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
     from utils.evaluation import default_thresholds
@@ -109,14 +109,9 @@ def run(args, device, info) -> None:
     model.norm.requires_grad_(False)  # the final norm is never applied (SPEC section 1)
     frozen = freeze_parameters(model, args.freeze)
     model_without_ddp = model.to(device)    # its state dict is what is saved
-    net = model_without_ddp                  # what the evaluation paths call (FIM, seeds)
-    if args.compile:
-        from models import compile_network
-        net = compile_network(net)
-    model = net                              # what the training step calls
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+    # what the evaluation paths call (FIM, seeds), and what the training step calls
+    net = compile_network(model_without_ddp) if args.compile else model_without_ddp
+    model = prepare_model(net, device, info)
     lr = args.lr * args.batch_size * info.world_size / 512.0
     optimizer = make_adamw(
         param_groups(model_without_ddp, args.weight_decay, model_without_ddp.no_weight_decay()),
@@ -130,17 +125,9 @@ def run(args, device, info) -> None:
 
     start_epoch = 0
     if args.resume:
-        state = load_training_state(os.path.join(ckpt_dir, "last.pth"))
-        model_without_ddp.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        fim.load_state_dict(state["fim"])
-        set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
-        start_epoch = int(state["epoch"]) + 1
-        log.trim_epochs(start_epoch)
-        log.text(f"resumed from {ckpt_dir}/last.pth at epoch {start_epoch}")
+        start_epoch = resume_training(os.path.join(ckpt_dir, "last.pth"), log,
+                                      model_without_ddp, optimizer, scaler, info,
+                                      schedule=schedule, fim=fim)
     else:
         log.header(vars(args))
         log.text(f"{sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M "
@@ -185,15 +172,8 @@ def run(args, device, info) -> None:
                                os.path.join(out_dir, "fim", f"masks_epoch{epoch:03d}.png"))
         log.epoch(stats)
         log.text("epoch " + json.dumps(stats))
-        rng = gather_rng_states(info)
-        if info.is_main:
-            atomic_save({"model": model_without_ddp.state_dict(),
-                         "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None,
-                         "fim": fim.state_dict(), "epoch": epoch, "rng": rng,
-                         "args": vars(args)},
-                        os.path.join(ckpt_dir, "last.pth"))
+        save_training_state(os.path.join(ckpt_dir, "last.pth"), epoch, model_without_ddp,
+                            optimizer, scaler, args, info, schedule=schedule, fim=fim)
     log.close()
 
 

@@ -80,11 +80,11 @@ def run(args, device, info) -> None:
 
     from datasets.layout import layout
     from datasets.segmentation import SegBatchSampler, SegTrainDataset
+    from engine.common import prepare_model
     from engine.segmentation import train_steps
     from models.refine import (build_segmentation_net, default_backbone, resolve_init_weights,
                                seg_optim, seg_recipe)
-    from utils.checkpoint import (atomic_save, gather_rng_states, load_training_state,
-                                  set_rng_state)
+    from utils.checkpoint import resume_training, save_training_state
     from utils.dist import shard
     from utils.errors import UserError
     from utils.lists import read_id_list
@@ -127,14 +127,7 @@ def run(args, device, info) -> None:
     seed_everything(args.seed + info.rank)
     num_classes = lay.num_classes + 1
     net, info_w = build_segmentation_net(args.backbone, num_classes, weights=weights)
-    net.to(device)
-    model = net
-    if args.compile:
-        from models import compile_network
-        model = compile_network(model)
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = prepare_model(net, device, info, args.compile)
     sampler = SegBatchSampler(len(dataset), args.batch_size, args.num_epochs)
     max_step = len(sampler)
     group_wd, momentum = seg_optim(args.backbone, args.wt_dec, args.momentum)
@@ -143,15 +136,8 @@ def run(args, device, info) -> None:
     last = os.path.join(out_dir, "last.pth")
     start_step = 0
     if args.resume:
-        state = load_training_state(last)
-        net.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
-        start_step = (int(state["epoch"]) + 1) * sampler.steps_per_epoch
-        log.trim_epochs(int(state["epoch"]) + 1)
-        log.text(f"resumed from {last} after epoch {state['epoch']}")
+        start_step = (resume_training(last, log, net, optimizer, scaler, info)
+                      * sampler.steps_per_epoch)
     else:
         log.header(vars(args))
         log.text(f"{args.backbone} on {len(ids)} pseudo masks of {mask_dir}, {num_classes} "
@@ -170,12 +156,8 @@ def run(args, device, info) -> None:
         stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
         log.epoch(stats)
         log.text("epoch " + json.dumps(stats))
-        rng = gather_rng_states(info)
-        if info.is_main:
-            atomic_save(net.state_dict(), os.path.join(out_dir, "seg_net.pth"))
-            atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None,
-                         "epoch": epoch, "rng": rng, "args": vars(args)}, last)
+        save_training_state(last, epoch, net, optimizer, scaler, args, info,
+                            weights=os.path.join(out_dir, "seg_net.pth"))
 
     train_steps(model, loader, optimizer, device, sampler.steps_per_epoch, start_step,
                 args.amp, scaler, info, on_epoch_end=end_of_epoch, last_good=last)

@@ -12,10 +12,10 @@ import torch
 from tqdm import tqdm
 
 from datasets.wsss import load_image
+from engine.common import optimizer_step, stop_if_not_finite
 from models.pcss import PCSSConfig
 from utils.cam import cam_dict
 from utils.dist import DistInfo, all_reduce_sum, barrier
-from utils.errors import NonFiniteLoss
 from utils.evaluation import cam_miou, first_peak
 from utils.frequency import FrequencyInfluence
 from utils.io import save_cam_dict
@@ -47,23 +47,11 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
         with autocast_context(device, amp):
             L = cfg.losses(model, images, labels, epoch, masks, perm)
         total = L["total"]
-        if not torch.isfinite(total):
-            back = (f"the last good state is {last_good} (--resume continues from it)"
-                    if last_good and os.path.isfile(last_good) else
-                    "no checkpoint was written before it")
-            raise NonFiniteLoss(
-                f"the loss became {float(total)} at epoch {epoch}, step {step} "
-                f"({', '.join(f'{k}={float(L[k]):.4g}' for k in LOSS_NAMES)}). Training "
-                f"stopped; {back}. Try a lower --lr, --amp none (or bf16 instead of fp16), "
-                f"and check the data.")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total.backward()
-            optimizer.step()
+        stop_if_not_finite(
+            total, "the loss", f"at epoch {epoch}, step {step} ("
+            + ", ".join(f"{k}={float(L[k]):.4g}" for k in LOSS_NAMES) + ")", last_good,
+            "Try a lower --lr, --amp none (or bf16 instead of fp16), and check the data.")
+        optimizer_step(total, optimizer, scaler)
         batch = torch.stack([L[k].detach().double() for k in LOSS_NAMES])
         sums[:-1] += batch * images.shape[0]
         sums[-1] += images.shape[0]

@@ -3,7 +3,6 @@
 ``train_seg.py`` and ``infer_seg.py`` wire them together."""
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -11,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 from datasets.wsss import load_image
+from engine.common import optimizer_step, stop_if_not_finite
 from utils.dist import DistInfo, all_reduce_sum
-from utils.errors import NonFiniteLoss
 from utils.runtime import autocast_context
 from utils.segmentation import seg_loss, seg_predict
 
@@ -38,19 +37,9 @@ def train_steps(model, loader, optimizer, device: torch.device, steps_per_epoch:
         with autocast_context(device, amp):
             logits = model(images)
         loss = seg_loss(logits.float(), masks, ignore_index=255)
-        if not torch.isfinite(loss):
-            back = (f"the last good state is {last_good} (--resume continues from it)"
-                    if last_good and os.path.isfile(last_good) else "no checkpoint yet")
-            raise NonFiniteLoss(f"the segmentation loss became {float(loss)} at step {step}; "
-                                f"{back}. Try a lower --lr or --amp none.")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        stop_if_not_finite(loss, "the segmentation loss", f"at step {step}", last_good,
+                           "Try a lower --lr or --amp none.")
+        optimizer_step(loss, optimizer, scaler)
         total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64,
                                                                   device=device)])
         step += 1
