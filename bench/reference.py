@@ -382,3 +382,35 @@ def literal_poly_sgd(params, grads, lrs, wds, max_step: int, momentum: float,
         history.append([p.clone() for p in params])
         used.append(list(lr_now))
     return history, used
+
+
+def prefix_sharing_case(net, model=None, reuse_prefix: bool = False):
+    """The shared-prefix check of the tests (``tests/test_models.py``, and through the
+    compiled network ``tests/test_compile.py``): 6 float64 images at 48 px, 4 classes, MPC
+    after block 2 keeping 0.4, epoch 5, weights 1.5 / 0.7, both passes from RNG seed 11.
+    ``model`` (default ``net``) runs ``pcss_losses``; ``ref_losses`` runs on ``net`` (the
+    reference's full recompute; ``reuse_prefix`` goes to ``pcss_losses``). The inputs come
+    from a generator of their own (the same in every call). Returns ``(losses, grads,
+    ref_losses, ref_grads, same_draws)``; ``same_draws``: both consumed the same number of
+    random draws."""
+    from models import pcss_losses
+
+    model = net if model is None else model
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 48, 48, dtype=torch.float64, generator=g)
+    y = (torch.rand(6, 4, generator=g) > 0.5).double()
+    masks = torch.rand(4, 48, 48, dtype=torch.float64, generator=g)
+    perm = torch.tensor([5, 0, 3, 1, 2, 4])
+    grads = lambda: {n: p.grad.clone() for n, p in net.named_parameters()  # noqa: E731
+                     if p.grad is not None}
+    torch.manual_seed(11)
+    L = pcss_losses(model, x, y, 5, masks, perm, 1.5, 0.7, 2, 0.4, reuse_prefix=reuse_prefix)
+    L["total"].backward()
+    after = torch.rand(3)
+    got = grads()
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(11)
+    ref = ref_losses(net, x, y, masks, perm, 1.5, 0.7, 2, 0.4)
+    ref.pop("total").backward()
+    same_draws = torch.equal(after, torch.rand(3))
+    return L, got, ref, grads(), same_draws

@@ -130,9 +130,12 @@ def is_compiled(net: nn.Module) -> bool:
     return getattr(net, "_pcss_compiled", None) is not None
 
 
-def compile_network(net: MCTViT, backend: str = "inductor", mode: Optional[str] = None,
-                    options: Optional[dict] = None) -> MCTViT:
+def compile_network(net: nn.Module, backend: str = "inductor", mode: Optional[str] = None,
+                    options: Optional[dict] = None) -> nn.Module:
     """``net`` with its transformer blocks compiled (see the module docstring).
+
+    Other networks (AffinityNet, the segmentation nets of ``models.refine``) get their whole
+    ``forward`` compiled (``nn.Module.compile``) on a clone that shares their parameters.
 
     Returns a new ``MCTViT`` that shares ``net``'s parameters and buffers; ``net`` itself
     stays eager. Usable wherever the network is (``pcss_losses``,
@@ -141,8 +144,8 @@ def compile_network(net: MCTViT, backend: str = "inductor", mode: Optional[str] 
     dtype. ``backend`` / ``mode`` / ``options`` go to ``torch.compile``. Wrap in DDP after
     compiling. Compiling an already compiled network returns it unchanged.
     """
-    if not isinstance(net, MCTViT):
-        raise TypeError(f"compile_network takes the MCTViT itself (wrap it in DDP after "
+    if isinstance(net, nn.parallel.DistributedDataParallel) or hasattr(net, "_orig_mod"):
+        raise TypeError(f"compile_network takes the network itself (wrap it in DDP after "
                         f"compiling), got {type(net).__name__}")
     if is_compiled(net):
         return net
@@ -150,6 +153,19 @@ def compile_network(net: MCTViT, backend: str = "inductor", mode: Optional[str] 
         else "cache_size_limit"
     setattr(torch._dynamo.config, limit,
             max(getattr(torch._dynamo.config, limit), RECOMPILE_LIMIT))
+    if not isinstance(net, MCTViT):
+        # the refinement and segmentation nets (convolutional, no RNG draws or data-
+        # dependent control flow in their forward): the whole forward compiled, on a clone
+        # that shares the parameters; their other methods (param_groups, ...) stay eager
+        clone = _shared_clone(net)
+        kw = {"backend": backend, "dynamic": None}
+        if mode is not None:
+            kw["mode"] = mode
+        if options:
+            kw["options"] = dict(options)
+        clone.compile(**kw)
+        clone._pcss_compiled = {"backend": backend, "mode": mode, "options": options}
+        return clone
     regions = _regions(backend, mode, options)
     clone = _shared_clone(net)
     for blk in clone.blocks:

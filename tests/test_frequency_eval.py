@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from bench.reference import LiteralFIM, literal_miou
