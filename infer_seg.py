@@ -121,15 +121,17 @@ def run(args, device, info) -> None:
         return
     print(f"wrote {n} predictions{' on rank 0' if info.distributed else ''} to {out_dir}")
     if test:
+        # exactly this list's predictions, at the server's path, whatever else the folder holds
         archive = os.path.join(exp, "results.tar.gz")
+        os.makedirs(exp, exist_ok=True)
         tmp = archive + ".tmp"
         with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(os.path.join(exp, "results"), arcname="results",
-                    filter=lambda t: None if t.name.endswith("manifest.json") else t)
+            for i in dataset.ids:
+                tar.add(os.path.join(out_dir, i + ".png"),
+                        arcname=f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png")
         os.replace(tmp, archive)
-        print(f"packed {archive}: upload it to the PASCAL VOC evaluation server "
-              f"(Segmentation, comp6: trained on other data than VOC's own labels)")
-
+        print(f"packed the {len(dataset.ids)} predictions of {list_path} into {archive}: "
+              f"upload it to the PASCAL VOC evaluation server (Segmentation, comp6)")
 
 if __name__ == "__main__":
     run_main(lambda: main(parse_args(get_args_parser())))
