@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None,
                    help="output folder experiment/<name> (default demo, or ablation)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and of every stage")
-    p.add_argument("--num-images", type=int, default=2000, help="toy images (80%% train)")
+    p.add_argument("--num-images", type=int, default=1600, help="toy images (80%% train)")
     p.add_argument("--shortcut", action="store_true",
                    help="toy set with the frequency shortcut (class textures in backgrounds)")
     p.add_argument("--W", type=float, nargs=2, default=[0.5, 0.5],
@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8, help="PCSS epochs")
     p.add_argument("--batch-size", type=int, default=32, help="PCSS batch size")
     p.add_argument("--aff-epochs", type=int, default=2, help="AffinityNet epochs")
-    p.add_argument("--seg-epochs", type=int, default=2, help="segmentation epochs")
+    p.add_argument("--seg-epochs", type=int, default=4, help="segmentation epochs")
     p.add_argument("--crf-alphas", nargs=2, default=["0.5", "2"],
                    help="CRF alphas (low, high) of the score dicts AffinityNet learns from. The "
                         "reference's 1 and 12 suit VOC's CAMs; the toy network's are hotter "
