@@ -461,13 +461,34 @@ def graph_breaks() -> int:
 WARMUP: Dict[str, str] = {}     # goal -> warm-up text for the summary
 
 
+def net_pair(seed: int, train: bool = False):
+    """A DeiT-S PCSS network (20 classes) from ``seed`` and its compiled twin (shared
+    parameters)."""
+    torch.manual_seed(seed)
+    net = build_model(num_classes=20)
+    net = net.train() if train else net.eval()
+    return net, compile_network(net)
+
+
+def two_classes(C: int = 20) -> torch.Tensor:
+    """The image-level label of the inference benchmarks: classes 4 and 14."""
+    label = torch.zeros(C)
+    label[[4, 14]] = 1.0
+    return label
+
+
+def compiled_row(goal: str, what: str, t: Dict[str, List[float]], fmt, target) -> None:
+    """The eager / compiled row of ``goal`` in the summary table, and the spreads."""
+    add_row(goal, what, t["eager"], t["compiled"], fmt, target)
+    for k, v in t.items():
+        print(f"  spread {k}: {spread(v)}")
+
+
 def bench_compile_fim(repeats: int) -> None:
     header("5. compiled: FIM forward, net.logits on 8 images at 224, eval, no_grad")
     B, C, S = 8, 20, 224
     g = torch.Generator().manual_seed(1)
-    torch.manual_seed(1)
-    net = build_model(num_classes=C).eval()
-    cnet = compile_network(net)
+    net, cnet = net_pair(1)
     x = torch.randn(B, 3, S, S, generator=g)
     y = make_labels(B, C, g)
     with torch.no_grad():
@@ -498,22 +519,16 @@ def bench_compile_fim(repeats: int) -> None:
     with torch.no_grad():
         t = interleave({"eager": lambda: net.logits(x), "compiled": lambda: cnet.logits(x)},
                        repeats)
-    add_row("compiled FIM forward", "net.logits, 8 images at 224 (s per call)", t["eager"],
-            t["compiled"], lambda s: f"{s:.3f} s", GOALS["compile_fim"])
-    for k, v in t.items():
-        print(f"  spread {k}: {spread(v)}")
+    compiled_row("compiled FIM forward", "net.logits, 8 images at 224 (s per call)", t,
+                 lambda s: f"{s:.3f} s", GOALS["compile_fim"])
 
 
 def bench_compile_infer(repeats: int) -> None:
     header("6. compiled: CAM inference, cam_dict on 1x3x375x500 with flip, 2 classes, eval")
-    C = 20
-    torch.manual_seed(2)
-    net = build_model(num_classes=C).eval()
-    cnet = compile_network(net)
+    net, cnet = net_pair(2)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 3, 375, 500, generator=g)
-    label = torch.zeros(C)
-    label[[4, 14]] = 1.0
+    label = two_classes()
     t0 = time.perf_counter()
     got = cam_dict(cnet, x, label)
     first = time.perf_counter() - t0
@@ -538,10 +553,8 @@ def bench_compile_infer(repeats: int) -> None:
         raise SystemExit("compile_infer: compiled and eager disagree, or sizes recompiled")
     t = interleave({"eager": lambda: cam_dict(net, x, label),
                     "compiled": lambda: cam_dict(cnet, x, label)}, repeats)
-    add_row("compiled CAM inference", "cam_dict, 375x500 with flip", t["eager"],
-            t["compiled"], lambda s: f"{s:.3f} s", GOALS["compile_infer"])
-    for k, v in t.items():
-        print(f"  spread {k}: {spread(v)}")
+    compiled_row("compiled CAM inference", "cam_dict, 375x500 with flip", t,
+                 lambda s: f"{s:.3f} s", GOALS["compile_infer"])
 
 
 def bench_compile_train(repeats: int) -> None:
@@ -549,9 +562,7 @@ def bench_compile_train(repeats: int) -> None:
            "0.1, fused AdamW")
     B, C, S = 8, 20, 224
     g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    net = build_model(num_classes=C).train()
-    cnet = compile_network(net)
+    net, cnet = net_pair(0, train=True)
     x, y = torch.randn(B, 3, S, S, generator=g), make_labels(B, C, g)
     masks, perm = torch.rand(C, S, S, generator=g), torch.randperm(B, generator=g)
     opt = make_adamw(param_groups(net, 0.05, net.no_weight_decay()), lr=6.25e-5)
@@ -598,24 +609,18 @@ def bench_compile_train(repeats: int) -> None:
 
     t = interleave({"eager": step(net), "compiled": step(cnet)}, repeats)
     ips = lambda s: f"{s:.3f} s = {B / s:.2f} img/s"  # noqa: E731
-    add_row("compiled train step", "pcss_losses + backward + AdamW, exact prefix sharing",
-            t["eager"], t["compiled"], ips, GOALS["compile_train"])
-    for k, v in t.items():
-        print(f"  spread {k}: {spread(v)}")
+    compiled_row("compiled train step", "pcss_losses + backward + AdamW, exact prefix sharing",
+                 t, ips, GOALS["compile_train"])
 
 
 def bench_bf16(repeats: int) -> None:
     """bf16 autocast (opt-in, ``--amp bf16``): speed and how far it moves the outputs."""
     header("8. bf16 autocast: net.logits on 8 images at 224 and cam_dict 375x500, eval")
-    C = 20
-    torch.manual_seed(1)
-    net = build_model(num_classes=C).eval()
-    cnet = compile_network(net)
+    net, cnet = net_pair(1)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 3, 224, 224, generator=g)
     xi = torch.randn(1, 3, 375, 500, generator=g)
-    label = torch.zeros(C)
-    label[[4, 14]] = 1.0
+    label = two_classes()
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
 
     def logits(model, amp):
