@@ -771,28 +771,21 @@ def main(argv=None) -> None:
           f"threads", flush=True)
     rep = lambda d: args.repeats or d  # noqa: E731
     t0 = time.perf_counter()
+    runs = {  # goal -> its benchmark with the default number of timed rounds
+        "train": lambda: bench_train(rep(5)),
+        "prefix": lambda: bench_prefix(rep(5)),
+        "softmax": lambda: bench_softmax(rep(7)),
+        "fim": lambda: bench_fim(rep(3), tuple(args.fim_cells), full=args.fim_full),
+        "infer": lambda: bench_infer(rep(9)),
+        "score": lambda: bench_score(rep(3), args.score_images),
+        "compile_fim": lambda: bench_compile_fim(rep(7)),
+        "compile_infer": lambda: bench_compile_infer(rep(9)),
+        "compile_train": lambda: bench_compile_train(rep(5)),
+        "bf16": lambda: bench_bf16(rep(5)),
+    }
     for w in todo:
         t1 = time.perf_counter()
-        if w == "train":
-            bench_train(rep(5))
-        elif w == "prefix":
-            bench_prefix(rep(5))
-        elif w == "softmax":
-            bench_softmax(rep(7))
-        elif w == "fim":
-            bench_fim(rep(3), tuple(args.fim_cells), full=args.fim_full)
-        elif w == "infer":
-            bench_infer(rep(9))
-        elif w == "score":
-            bench_score(rep(3), args.score_images)
-        elif w == "compile_fim":
-            bench_compile_fim(rep(7))
-        elif w == "compile_infer":
-            bench_compile_infer(rep(9))
-        elif w == "compile_train":
-            bench_compile_train(rep(5))
-        elif w == "bf16":
-            bench_bf16(rep(5))
+        runs[w]()
         print(f"  [{w}: {time.perf_counter() - t1:.0f} s]", flush=True)
     print_table()
     if WARMUP:
