@@ -25,6 +25,7 @@ from datasets.layout import COCO_CLASSES, TOY_CLASSES, VOC_CLASSES, layout
 from datasets.prepare import coco_val_subset, prepare_coco, prepare_voc
 from datasets.toy import make_toy
 from datasets.wsss import build_transform
+from helpers import WritesMarker
 from utils.errors import UserError
 from utils.io import load_npy_dict, read_label_png
 from utils.lists import read_id_list
@@ -388,17 +389,9 @@ def test_integer_keyed_labels_of_irn_style_repositories(voc):
         np.testing.assert_array_equal(vec, labels[int(image_id.replace("_", ""))])
 
 
-class _RunsCode:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_old_pickles_that_call_anything_else_are_refused(tmp_path):
     marker = tmp_path / "pwned"
-    save_old_pickle(tmp_path / "evil.npy", {"2007_000001": _RunsCode(str(marker))})
+    save_old_pickle(tmp_path / "evil.npy", {"2007_000001": WritesMarker(str(marker))})
     with pytest.raises(pickle.UnpicklingError, match="forbidden object io.open"):
         load_npy_dict(str(tmp_path / "evil.npy"))
     assert not marker.exists()

@@ -16,6 +16,7 @@ from PIL import Image
 from datasets.layout import TOY_CLASSES
 from datasets.toy import make_toy
 from datasets.wsss import build_dataset
+from helpers import WritesMarker
 from models import build_arch
 from models.checkpoint import load_network
 from utils.cam import cam_dict, label_classes
@@ -226,19 +227,9 @@ def test_evaluation_does_not_import_torch(evaluated):
 
 
 # ------------------------------------------------------------------------------ errors
-class _WritesMarker:
-    """Unpickling this object would create ``path`` (what a hostile checkpoint could do)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_checkpoint_that_runs_code_is_refused(work):
     marker = work / "pwned"
-    torch.save({"model": _WritesMarker(str(marker))}, work / "evil.pth")
+    torch.save({"model": WritesMarker(str(marker))}, work / "evil.pth")
     proc = run_script("infer_PCSS.py", "--name", "evil", "--load_pretrained", "evil.pth",
                       *DATA, cwd=work)
     assert_clean_error(proc, "refusing to load evil.pth")
