@@ -184,23 +184,32 @@ DEIT_WEIGHTS = {
 }
 
 
+def initial_weights(value: Optional[str], default: Optional[str],
+                    missing: Callable[[str], str], keep: Sequence[str] = ()) -> Optional[str]:
+    """The file a network starts from, as a ``--finetune`` / ``--weights`` flag names it:
+    ``value`` (``none``: None, from scratch; one of ``keep``, e.g. ``download``, as it is),
+    else ``default`` (None: from scratch). A ``UserError`` with ``missing(path)`` when the
+    file is absent."""
+    value = default if value is None else value
+    if value is None or value.lower() == "none":
+        return None
+    if value in keep:
+        return value
+    if not os.path.isfile(value):
+        raise UserError(missing(value))
+    return value
+
+
 def deit_weights(arch: str, finetune: Optional[str]) -> Optional[str]:
     """The DeiT weights file to start ``arch`` from, or None (from scratch): ``finetune``
     as given (``none``: from scratch), else the default file of ``arch`` (none for toy).
     A ``UserError`` with the download address when the file is absent."""
-    value = finetune
-    if value is None:
-        if arch not in DEIT_WEIGHTS:
-            return None
-        value = DEIT_WEIGHTS[arch][0]
-    if value.lower() == "none":
-        return None
-    if not os.path.isfile(value):
-        url = DEIT_WEIGHTS.get(arch, DEIT_WEIGHTS["deit_small"])[1]
-        raise UserError(f"pretrained weights not found: {value}. Download the ImageNet DeiT "
-                        f"weights ({url}) into pretrained/, pass --finetune PATH, or "
-                        f"--finetune none to train from scratch.")
-    return value
+    url = DEIT_WEIGHTS.get(arch, DEIT_WEIGHTS["deit_small"])[1]
+    return initial_weights(
+        finetune, DEIT_WEIGHTS.get(arch, (None,))[0],
+        lambda path: f"pretrained weights not found: {path}. Download the ImageNet DeiT "
+                     f"weights ({url}) into pretrained/, pass --finetune PATH, or --finetune "
+                     f"none to train from scratch.")
 
 
 def epoch_checkpoint(exp_dir: str, epoch: int) -> str:

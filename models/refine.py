@@ -20,27 +20,13 @@ import torch
 import torch.nn as nn
 
 from models.backbones import ResNet50Aff, ToyAff, ToySeg
-from models.checkpoint import load_model_weights
+from models.checkpoint import initial_weights, load_model_weights
 from models.deeplab import DeepLabV2
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, head_keys, load_resnet38_weights
+from utils.choices import TRAINED_FILES, WEIGHT_FILES
 from utils.errors import UserError
 
 Info = Dict[str, List[str]]
-
-WEIGHT_FILES = {
-    "resnet38": ("pretrained/res38_cls.pth",
-                 "PSA's ImageNet + VOC classifier res38_cls.pth (github.com/jiwoon-ahn/psa, "
-                 "linked from MCTformer's README)"),
-    "resnet50": ("pretrained/resnet50-0676ba61.pth",
-                 "torchvision's ImageNet weights "
-                 "(https://download.pytorch.org/models/resnet50-0676ba61.pth, or --weights "
-                 "download)"),
-    "deeplabv2_r101": ("pretrained/resnet101-63fe2227.pth",
-                       "torchvision's ImageNet weights "
-                       "(https://download.pytorch.org/models/resnet101-63fe2227.pth, or "
-                       "--weights download)"),
-}
-
 
 def default_backbone(data_set: str, stage: str) -> str:
     """The reference's ResNet-38, or the small network for the toy set."""
@@ -51,20 +37,13 @@ def resolve_init_weights(backbone: str, value: Optional[str], stage: str) -> Opt
     """The file (or ``"download"``) a ``stage`` ("affinity" / "segmentation") net of
     ``backbone`` starts from: ``value`` as given (``none``: from scratch), else the
     backbone's default file; a ``UserError`` saying where to get it when absent."""
-    if value is None:
-        if backbone not in WEIGHT_FILES:
-            return None
-        value = WEIGHT_FILES[backbone][0]
-    if value.lower() == "none":
-        return None
-    if value == "download" and backbone in ("resnet50", "deeplabv2_r101"):
-        return value
-    if not os.path.isfile(value):
-        where = WEIGHT_FILES.get(backbone, ("", "weights of this backbone"))[1]
-        raise UserError(f"initial weights not found: {value}. The {stage} net "
-                        f"({backbone}) starts from {where}; put the file there or pass "
-                        f"--weights PATH (or 'none' to train from scratch).")
-    return value
+    default, where = WEIGHT_FILES.get(backbone, (None, "weights of this backbone"))
+    return initial_weights(
+        value, default,
+        lambda path: f"initial weights not found: {path}. The {stage} net ({backbone}) starts "
+                     f"from {where}; put the file there or pass --weights PATH (or 'none' to "
+                     f"train from scratch).",
+        keep=("download",) if backbone in ("resnet50", "deeplabv2_r101") else ())
 
 
 def _info_from_constructor(net: nn.Module, loaded: bool) -> Info:
@@ -115,6 +94,24 @@ def _build(makers: Dict[str, Callable[[], nn.Module]], backbone: str, weights: O
         return net, load_resnet38_weights(net, weights)
     load_model_weights(net, weights)
     return net, {"fresh": [], "dropped": []}
+
+
+def trained_weights_path(exp_dir: str, stage: str) -> str:
+    """Where the training script of ``stage`` ("affinity" / "segmentation") writes the
+    net's state dict in the experiment folder ``exp_dir``."""
+    folder, file, _, _ = TRAINED_FILES[stage]
+    return os.path.join(exp_dir, folder, file)
+
+
+def find_trained_weights(value: Optional[str], exp_dir: str, stage: str) -> str:
+    """The trained ``stage`` net to load: ``value`` (``--weights``) or the file of
+    ``trained_weights_path``; a ``UserError`` saying how to make it when absent."""
+    path = value or trained_weights_path(exp_dir, stage)
+    if not os.path.isfile(path):
+        _, _, script, example = TRAINED_FILES[stage]
+        raise UserError(f"{stage} weights not found: {path}. Train them with `python {script} "
+                        f"--name {os.path.basename(exp_dir)}`, or pass --weights{example}.")
+    return path
 
 
 def _load_trained(net: nn.Module, path: str, device: torch.device, what: str) -> nn.Module:
