@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, network_parent, parse_args, run_parent
+from utils.args import (launch_script, network_parent, overwrite_parent, positive_float,
+                        script_parser)
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("PCSS CAM inference",
-                                parents=[run_parent(), network_parent(), device_parent()])
+    p = script_parser("PCSS CAM inference", network_parent(), overwrite_parent("outputs"))
     g = p.add_argument_group("weights")
     w = g.add_mutually_exclusive_group(required=True)
     w.add_argument("--load_epo", type=int,
@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "train_aug.txt for VOC)")
     g.add_argument("--n_layers", type=int, default=12,
                    help="last blocks whose class-to-patch attention refines the CAMs")
-    g.add_argument("--scales", type=float, nargs="+", default=[1.0],
+    g.add_argument("--scales", type=positive_float, nargs="+", default=[1.0],
                    help="image scales whose maps are averaged before normalisation "
                         "(default 1.0 = the reference)")
     g = p.add_argument_group("outputs (default: --dict alone)")
@@ -60,31 +60,24 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default 1 12 as MCTformer; PSA used 4 32)")
     g.add_argument("--vis", action="store_true",
                    help="write the image beside per-class CAM overlays to vis/<id>.jpg")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace outputs made earlier (by these or other weights)")
     return p
-
-
-def main(args) -> None:
-    from utils.dist import launch
-
-    launch(run, args, args.device)
 
 
 def run(args, device, info) -> None:
     import os
 
-    from torch.utils.data import DataLoader, Subset
-
-    from datasets import build_dataset, collate_single
+    from datasets import build_dataset
+    from datasets.loader import image_loader
     from datasets.layout import layout
+    from engine.common import claim_outputs
     from engine.pcss import SeedWriter, generate_seeds
+    from models import compile_network
     from models.checkpoint import epoch_checkpoint, load_network
     from utils.args import default_input_size
     from utils.crf import crf_available
-    from utils.dist import barrier, shard
+    from utils.dist import barrier
     from utils.errors import UserError
-    from utils.manifest import claim_folder, check_folder, file_fingerprint
+    from utils.manifest import file_fingerprint
     from utils.report import best_threshold
     from utils.runtime import autocast_context
 
@@ -92,8 +85,6 @@ def run(args, device, info) -> None:
         args.dict = True
     if (args.crf or args.crf_png) and not crf_available():
         raise UserError("--crf needs the dense CRF package: pip install pydensecrf2")
-    if any(s <= 0 for s in args.scales):
-        raise UserError(f"--scales must be positive, got {args.scales}")
     exp_dir = os.path.join("experiment", args.name)
     lay = layout(args.data_set, args.data_path)
     list_path = args.val_list or lay.infer_list
@@ -103,9 +94,7 @@ def run(args, device, info) -> None:
     dataset = build_dataset(args.data_set, args.data_path, list_path, "infer")
     net = load_network(args.arch, lay.num_classes, default_input_size(args), weights, device,
                        report=print if info.is_main else None)
-    if args.compile:
-        from models import compile_network
-        net = compile_network(net)
+    net = compile_network(net) if args.compile else net
     threshold = args.threshold if args.threshold is not None else best_threshold(exp_dir)
     writer = SeedWriter.plan(exp_dir, dict=args.dict, png=args.png, vis=args.vis,
                              crf_alphas=args.alphas if args.crf else (),
@@ -114,22 +103,14 @@ def run(args, device, info) -> None:
                              image_path=lay.image_path)
     made_by = writer.producers(file_fingerprint(weights), scales=args.scales,
                                n_layers=args.n_layers, amp=args.amp)
-    states = {d: check_folder(d, made_by[d], writer.extensions(d), args.overwrite)
-              for d in writer.folders.values()}
-    barrier(info)
-    if info.is_main:
-        for d, state in states.items():
-            claim_folder(d, made_by[d], writer.extensions(d), state)
-    barrier(info)
-    mine = shard(range(len(dataset)), info)
-    todo = [i for i in mine if not writer.done(dataset.ids[i])]
+    mine, todo = claim_outputs({d: (made_by[d], writer.extensions(d))
+                                for d in writer.folders.values()},
+                               dataset.ids, args.overwrite, info, writer.done)
     if info.is_main:
         print(f"{len(dataset)} images in {list_path}; weights {weights}; "
               f"{len(mine) - len(todo)} of this process's {len(mine)} already done by them"
               + (f"; --png threshold {threshold:.2f}" if args.png else ""))
-    loader = DataLoader(Subset(dataset, todo), batch_size=1, shuffle=False,
-                        num_workers=min(args.num_workers, len(todo)),
-                        pin_memory=device.type == "cuda", collate_fn=collate_single)
+    loader = image_loader(dataset, todo, args.num_workers, device)
     n = generate_seeds(net, loader, device, writer, args.amp, args.n_layers, args.scales,
                        progress=info.is_main, desc="infer")
     barrier(info)
@@ -139,4 +120,4 @@ def run(args, device, info) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

@@ -18,21 +18,15 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, parse_args, run_parent
-from utils.choices import AFF_BACKBONES
+from utils.args import launch_script, overwrite_parent, refine_net_parent, script_parser
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Random walk with AffinityNet (PSA / MCTformer)",
-                                parents=[run_parent(), device_parent()],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser("Random walk with AffinityNet (PSA / MCTformer)",
+                      refine_net_parent("affinity", trained=True), overwrite_parent("masks"))
     g = p.add_argument_group("inputs")
-    g.add_argument("--weights", default=None,
-                   help="AffinityNet state dict (default experiment/<name>/aff/aff_net.pth)")
-    g.add_argument("--backbone", choices=AFF_BACKBONES, default=None,
-                   help="the AffinityNet's backbone (default: resnet38; toy for the toy set)")
-    g.add_argument("--radius", type=int, default=5)
+    g.add_argument("--radius", type=int, default=5, help="the AffinityNet's radius")
     g.add_argument("--infer_list", "--val_list", dest="infer_list", default=None,
                    help="ids to walk (default: the dataset's training list, train_aug.txt for "
                         "VOC; MCTformer walks train.txt to score the masks)")
@@ -53,28 +47,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--walk", choices=("sparse", "squaring"), default="sparse",
                    help="sparse: repeated sparse products (fast); squaring: the reference's "
                         "dense matrix squarings (for checking)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace masks made earlier (by these or other weights)")
     return p
-
-
-def main(args) -> None:
-    from utils.dist import launch
-
-    launch(run, args, args.device)
 
 
 def run(args, device, info) -> None:
     import os
 
-    from torch.utils.data import Subset
-
-    from datasets import build_dataset, collate_single
+    from datasets import build_dataset
     from datasets.layout import layout
-    from datasets.loader import make_loader
+    from datasets.loader import image_loader
     from engine.affinity import random_walk_masks
     from engine.common import pending_outputs
-    from models.refine import default_backbone, load_affinity_net
+    from models import compile_network
+    from models.refine import default_backbone, find_trained_weights, load_affinity_net
     from utils.dist import barrier
     from utils.errors import UserError
     from utils.manifest import file_fingerprint, producer, read_manifest
@@ -85,11 +70,7 @@ def run(args, device, info) -> None:
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
     backbone = args.backbone or default_backbone(args.data_set, "affinity")
-    weights = args.weights or os.path.join(exp, "aff", "aff_net.pth")
-    if not os.path.isfile(weights):
-        raise UserError(f"AffinityNet weights not found: {weights}. Train them with "
-                        f"`python train_aff.py --name {args.name}`, or pass --weights (e.g. "
-                        f"PSA's res38_aff.pth).")
+    weights = find_trained_weights(args.weights, exp, "affinity")
     cam_dir = args.cam_dir or os.path.join(exp, "dict")
     out_dir = args.out_rw or os.path.join(exp, "rw")
     list_path = args.infer_list or lay.train_list
@@ -103,9 +84,7 @@ def run(args, device, info) -> None:
                         f"infer_PCSS.py --name {args.name} --load_epo E --dict --val_list "
                         f"{list_path}`, or pass --cam_dir.")
     net = load_affinity_net(backbone, weights, radius=args.radius, device=device)
-    if args.compile:
-        from models import compile_network
-        net = compile_network(net)
+    net = compile_network(net) if args.compile else net
     seeds = read_manifest(cam_dir)
     made_by = producer({"affinity": file_fingerprint(weights),
                         "seeds": (seeds or {}).get("weights", "unknown")},
@@ -119,8 +98,7 @@ def run(args, device, info) -> None:
         print(f"{len(dataset)} images in {list_path}; seeds {cam_dir}; AffinityNet {weights}; "
               f"background {rule}, beta {args.beta:g}, logt {args.logt}; "
               f"{len(mine) - len(todo)} of this process's {len(mine)} already done")
-    loader = make_loader(Subset(dataset, todo), 1, min(args.num_workers, len(todo)), device,
-                         collate_fn=collate_single)
+    loader = image_loader(dataset, todo, args.num_workers, device)
     n = random_walk_masks(net, loader, cam_dir,
                           lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"),
                                                            labels),
@@ -133,4 +111,4 @@ def run(args, device, info) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

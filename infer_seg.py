@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, parse_args, run_parent
-from utils.choices import SEG_BACKBONES
+from utils.args import (launch_script, overwrite_parent, positive_float, refine_net_parent,
+                        script_parser)
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Segmentation inference (multi-scale, CRF)",
-                                parents=[run_parent(), device_parent()],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser("Segmentation inference (multi-scale, CRF)",
+                      refine_net_parent("segmentation", trained=True),
+                      overwrite_parent("predictions"))
     g = p.add_argument_group("inputs")
-    g.add_argument("--weights", default=None,
-                   help="segmentation state dict (default experiment/<name>/segnet/seg_net.pth)")
-    g.add_argument("--backbone", choices=SEG_BACKBONES, default=None,
-                   help="the network's backbone (default: resnet38; toy for the toy set)")
     g.add_argument("--split", choices=("val", "test"), default="val",
                    help="val: the dataset's validation list; test: VOC test, in the "
                         "evaluation server's layout")
@@ -37,37 +33,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ids to predict (overrides --split's list)")
     g.add_argument("--out", default=None, help="output folder (default experiment/<name>/seg)")
     g = p.add_argument_group("inference (SPEC_REFINE 15.3-15.4)")
-    g.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
+    g.add_argument("--scales", type=positive_float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                    help="also run each scale on the flipped image (ours)")
     g.add_argument("--merge", choices=("max", "mean"), default="max",
                    help="merge of the per-scale probabilities: max (the reference) or mean")
     g.add_argument("--use_crf", action="store_true",
                    help="dense CRF (preset 'seg') on the merged probabilities")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace predictions made earlier (by these or other weights)")
     return p
-
-
-def main(args) -> None:
-    from utils.dist import launch
-
-    launch(run, args, args.device)
 
 
 def run(args, device, info) -> None:
     import os
     import tarfile
 
-    from torch.utils.data import Subset
-
-    from datasets import collate_single
     from datasets.layout import layout
-    from datasets.loader import make_loader
+    from datasets.loader import image_loader
     from datasets.wsss import WSSSDataset, build_transform
     from engine.common import pending_outputs
     from engine.segmentation import predict
-    from models.refine import default_backbone, load_segmentation_net
+    from models import compile_network
+    from models.refine import default_backbone, find_trained_weights, load_segmentation_net
     from utils.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError
@@ -76,21 +62,16 @@ def run(args, device, info) -> None:
     from utils.runtime import autocast_context
     from utils.vis import save_label_png
 
-    lay = layout(args.data_set, args.data_path)
-    exp = os.path.join("experiment", args.name)
-    backbone = args.backbone or default_backbone(args.data_set, "segmentation")
-    weights = args.weights or os.path.join(exp, "segnet", "seg_net.pth")
-    if not os.path.isfile(weights):
-        raise UserError(f"segmentation weights not found: {weights}. Train them with `python "
-                        f"train_seg.py --name {args.name}`, or pass --weights.")
     if args.use_crf and not crf_available():
         raise UserError("--use_crf needs the dense CRF package: pip install pydensecrf2")
-    if any(s <= 0 for s in args.scales):
-        raise UserError(f"--scales must be positive, got {args.scales}")
     test = args.split == "test"
     if test and args.data_set != "VOC12" and args.infer_list is None:
         raise UserError("--split test is the VOC 2012 test server's; for other datasets "
                         "pass --infer_list")
+    lay = layout(args.data_set, args.data_path)
+    exp = os.path.join("experiment", args.name)
+    backbone = args.backbone or default_backbone(args.data_set, "segmentation")
+    weights = find_trained_weights(args.weights, exp, "segmentation")
     list_path = args.infer_list or (os.path.join(lay.root, "ImageSets", "Segmentation",
                                                  "test.txt") if test else lay.seg_val_list)
     out_dir = args.out or (os.path.join(exp, "results", "VOC2012", "Segmentation",
@@ -99,9 +80,7 @@ def run(args, device, info) -> None:
     dataset = WSSSDataset(lay, read_id_list(list_path), build_transform("infer"),
                           return_id=True, require_labels=not test)   # test images: no labels
     net = load_segmentation_net(backbone, weights, lay.num_classes + 1, device=device)
-    if args.compile:
-        from models import compile_network
-        net = compile_network(net)
+    net = compile_network(net) if args.compile else net
     made_by = producer(file_fingerprint(weights), backbone=backbone, scales=args.scales,
                        flip=args.flip, merge=args.merge, crf=args.use_crf, amp=args.amp)
     mine, todo = pending_outputs(out_dir, made_by, dataset.ids, args.overwrite, info)
@@ -110,8 +89,7 @@ def run(args, device, info) -> None:
               f"{args.scales}{' + flip' if args.flip else ''}, {args.merge} merge"
               f"{', CRF' if args.use_crf else ''}; {len(mine) - len(todo)} of this "
               f"process's {len(mine)} already done")
-    loader = make_loader(Subset(dataset, todo), 1, min(args.num_workers, len(todo)), device,
-                         collate_fn=collate_single)
+    loader = image_loader(dataset, todo, args.num_workers, device)
     n = predict(net, loader, device,
                 lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"), labels),
                 args.scales, args.flip, args.merge, args.use_crf, lay.image_path, args.amp,
@@ -134,4 +112,4 @@ def run(args, device, info) -> None:
               f"upload it to the PASCAL VOC evaluation server (Segmentation, comp6)")
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

@@ -13,43 +13,33 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, network_parent, parse_args, run_parent, train_parent
+from utils.args import launch_script, network_parent, script_parser, train_parent
 from utils.errors import run_main
 
 
 def get_args_parser(data_set: str = "VOC12", data_path: str = "data/VOC2012",
                     **pcss_defaults) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        description="PCSS training (Phase Concentration and Shortcut Suppression, ECCV 2024)",
-        parents=[run_parent(data_set, data_path), network_parent(), device_parent(),
-                 train_parent(**pcss_defaults)],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-
-def main(args) -> None:
-    from utils.dist import launch
-
-    launch(run, args, args.device)
+    return script_parser(
+        "PCSS training (Phase Concentration and Shortcut Suppression, ECCV 2024)",
+        network_parent(), train_parent(**pcss_defaults), data=(data_set, data_path))
 
 
 def run(args, device, info) -> None:
-    import json
     import os
 
     import torch
-    from torch.utils.data import Subset
     from torch.utils.data.distributed import DistributedSampler
 
-    from datasets import build_dataset, collate_single
+    from datasets import build_dataset
     from datasets.layout import layout
-    from datasets.loader import make_loader, reseed
+    from datasets.loader import image_loader, make_loader, reseed
     from engine.common import prepare_model
     from engine.pcss import fim_round, train_one_epoch, validate
     from models import ARCHS, build_arch, compile_network, init_from_deit
     from models.checkpoint import deit_weights, freeze_parameters
     from models.pcss import PCSSConfig
-    from utils.args import default_input_size
-    from utils.checkpoint import atomic_save, resume_training, save_training_state
+    from utils.args import check_training_length, default_input_size
+    from utils.checkpoint import atomic_save, save_training_state, start_training
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
     from utils.evaluation import default_thresholds
@@ -69,8 +59,6 @@ def run(args, device, info) -> None:
     args.input_size = default_input_size(args)
     if args.input_size % 16:
         raise UserError(f"--input-size {args.input_size} is not a multiple of 16")
-    if args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs}: nothing to train; give at least 1")
     autocast_context(device, args.amp)  # rejects --amp fp16 on CPU before any work
     out_dir = os.path.join("experiment", args.name)
     ckpt_dir = os.path.join(out_dir, "ckpt")
@@ -90,11 +78,8 @@ def run(args, device, info) -> None:
     validating = args.val_start_epoch < args.epochs
     train_ds = build_dataset(args.data_set, args.data_path, train_list, "train",
                              args.input_size, augment=args.augment)
-    if len(train_ds) < args.batch_size * info.world_size:
-        raise UserError(
-            f"--batch_size {args.batch_size} x {info.world_size} process(es) is more than the "
-            f"{len(train_ds)} images of {train_list}: with the last partial batch dropped (as "
-            f"the reference does) an epoch would have no step. Use a smaller --batch_size.")
+    check_training_length("--epochs", args.epochs, args.batch_size, info.world_size,
+                          len(train_ds), train_list)
     fim_ds = (build_dataset(args.data_set, args.data_path, train_list, "fim", args.input_size)
               if cfg.w_fss > 0 else None)
     val_ds = build_dataset(args.data_set, args.data_path, val_list, "infer") if validating else None
@@ -123,17 +108,12 @@ def run(args, device, info) -> None:
                              shard=(info.rank, info.world_size),
                              reduce=lambda t: all_reduce_sum(t, info))
 
-    start_epoch = 0
-    if args.resume:
-        start_epoch = resume_training(os.path.join(ckpt_dir, "last.pth"), log,
-                                      model_without_ddp, optimizer, scaler, info,
-                                      schedule=schedule, fim=fim)
-    else:
-        log.header(vars(args))
-        log.text(f"{sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M "
-                 f"parameters ({frozen} tensors frozen), lr {lr:.3g}, world size "
-                 f"{info.world_size}, device {device}, "
-                 f"{'DeiT weights ' + finetune if finetune else 'from scratch'}")
+    start_epoch = start_training(
+        os.path.join(ckpt_dir, "last.pth"), log, args,
+        f"{sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters "
+        f"({frozen} tensors frozen), lr {lr:.3g}, world size {info.world_size}, device "
+        f"{device}, {'DeiT weights ' + finetune if finetune else 'from scratch'}",
+        model_without_ddp, optimizer, scaler, info, schedule=schedule, fim=fim)
 
     sampler = DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True,
                                  seed=args.seed, drop_last=True) if info.distributed else None
@@ -141,8 +121,7 @@ def run(args, device, info) -> None:
     thresholds = default_thresholds(*args.val_thresholds)
     loader = make_loader(train_ds, args.batch_size, args.num_workers, device, shuffle=True,
                          sampler=sampler, drop_last=True, persistent=True)
-    vloader = (make_loader(Subset(val_ds, list(shard(range(len(val_ds)), info))), 1,
-                           args.num_workers, device, collate_fn=collate_single)
+    vloader = (image_loader(val_ds, shard(range(len(val_ds)), info), args.num_workers, device)
                if validating else None)
     floader = (make_loader(fim_ds, args.fim_batch_size, args.num_workers, device, shuffle=True)
                if fim_ds is not None else None)
@@ -171,11 +150,10 @@ def run(args, device, info) -> None:
                 save_mask_grid(masks.float().numpy(), lay.classes,
                                os.path.join(out_dir, "fim", f"masks_epoch{epoch:03d}.png"))
         log.epoch(stats)
-        log.text("epoch " + json.dumps(stats))
         save_training_state(os.path.join(ckpt_dir, "last.pth"), epoch, model_without_ddp,
                             optimizer, scaler, args, info, schedule=schedule, fim=fim)
     log.close()
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

@@ -4,8 +4,8 @@
     python train_PCSS_coco.py --name pcss_coco --data-path data/COCO2014
 """
 import train_PCSS
-from train_PCSS import main
-from utils.args import parse_args
+from train_PCSS import run
+from utils.args import launch_script
 from utils.errors import run_main
 
 
@@ -15,4 +15,4 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

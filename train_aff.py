@@ -16,24 +16,15 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, parse_args, run_parent
-from utils.choices import AFF_BACKBONES, AFF_RECIPES
+from utils.args import launch_script, refine_net_parent, script_parser, training_state_parent
+from utils.choices import AFF_RECIPES
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="AffinityNet training (PSA / MCTformer)",
-                                parents=[run_parent(), device_parent()],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("network")
-    g.add_argument("--backbone", choices=AFF_BACKBONES, default=None,
-                   help="resnet38 (the reference; default for VOC/COCO), resnet50 (torchvision, "
-                        "ImageNet weights from --weights), toy (small, for the toy set; default "
-                        "there)")
-    g.add_argument("--weights", default=None,
-                   help="initial weights: PSA's res38_cls.pth for resnet38 (default "
-                        "pretrained/res38_cls.pth), torchvision's resnet50 file for resnet50, "
-                        "'none' to start from scratch (default for toy)")
+    p = script_parser("AffinityNet training (PSA / MCTformer)",
+                      refine_net_parent("affinity", trained=False), training_state_parent("aff"))
+    g = p.add_argument_group("affinities")
     g.add_argument("--radius", type=int, default=5, help="affinity radius (pairs within it)")
     g = p.add_argument_group("data")
     g.add_argument("--train_list", default=None,
@@ -55,20 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "SGD's momentum (kept; --momentum overrides)")
     g.add_argument("--momentum", type=float, default=None,
                    help="SGD momentum (default: --wt_dec, the reference's quirk)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from experiment/<name>/aff/last.pth")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     return p
 
 
-def main(args) -> None:
-    from utils.dist import launch
-
-    launch(run, args, args.device)
-
-
 def run(args, device, info) -> None:
-    import json
     import os
 
     import torch
@@ -80,9 +61,10 @@ def run(args, device, info) -> None:
     from engine.affinity import train_one_epoch
     from engine.common import prepare_model
     from models.refine import (aff_recipe, affinity_stride, build_affinity_net,
-                               default_backbone, resolve_init_weights)
-    from utils.checkpoint import resume_training, save_training_state
-    from utils.errors import UserError
+                               default_backbone, resolve_init_weights, trained_weights_path)
+    from utils.args import check_training_length
+    from utils.checkpoint import save_training_state, start_training
+    from utils.errors import require_folder
     from utils.lists import read_id_list
     from utils.logger import RunLog
     from utils.optim import PolySGD
@@ -94,27 +76,22 @@ def run(args, device, info) -> None:
     args.backbone = args.backbone or default_backbone(args.data_set, "affinity")
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
-    out_dir = os.path.join(exp, "aff")
+    final = trained_weights_path(exp, "affinity")     # what infer_*.py loads
+    out_dir = os.path.dirname(final)
     la_dir = args.la_crf_dir or os.path.join(exp, "crf", "1")
     ha_dir = args.ha_crf_dir or os.path.join(exp, "crf", "12")
     for d, flag in ((la_dir, "--la_crf_dir"), (ha_dir, "--ha_crf_dir")):
-        if not os.path.isdir(d):
-            raise UserError(f"CRF score dicts not found: {d}. Write them with `python "
-                            f"infer_PCSS.py --name {args.name} --load_epo E --crf --alphas 1 "
-                            f"12` (for the training list), or pass {flag}.")
-    if args.max_epoches < 1:
-        raise UserError(f"--max_epoches {args.max_epoches}: nothing to train; give at least 1")
+        require_folder(d, "CRF score dicts", f"`python infer_PCSS.py --name {args.name} "
+                       f"--load_epo E --crf --alphas 1 12` (for the training list)", flag)
     autocast_context(device, args.amp)
     weights = resolve_init_weights(args.backbone, args.weights, "affinity")
     train_list = args.train_list or lay.train_list
     stride = affinity_stride(args.backbone)
     dataset = AffinityDataset(lay, read_id_list(train_list), la_dir, ha_dir, args.crop_size,
                               stride)
-    per_step = args.batch_size * info.world_size
-    if len(dataset) < per_step:
-        raise UserError(f"--batch_size {args.batch_size} x {info.world_size} process(es) is "
-                        f"more than the {len(dataset)} images of {train_list}")
-    steps = len(dataset) // per_step
+    check_training_length("--max_epoches", args.max_epoches, args.batch_size, info.world_size,
+                          len(dataset), train_list)
+    steps = len(dataset) // (args.batch_size * info.world_size)
     max_step = steps * args.max_epoches
 
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
@@ -125,15 +102,11 @@ def run(args, device, info) -> None:
     optimizer = PolySGD(net.param_groups(args.lr, args.wt_dec), max_step, momentum=momentum)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     last = os.path.join(out_dir, "last.pth")
-    start_epoch = 0
-    if args.resume:
-        start_epoch = resume_training(last, log, net, optimizer, scaler, info)
-    else:
-        log.header(vars(args))
-        log.text(f"AffinityNet ({args.backbone}, radius {args.radius}) on {len(dataset)} "
-                 f"images, {steps} steps per epoch, {max_step} steps; weights "
-                 f"{weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh tensors, "
-                 f"{len(info_w['dropped'])} file tensors unused")
+    start_epoch = start_training(
+        last, log, args, f"AffinityNet ({args.backbone}, radius {args.radius}) on "
+        f"{len(dataset)} images, {steps} steps per epoch, {max_step} steps; weights "
+        f"{weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh tensors, "
+        f"{len(info_w['dropped'])} file tensors unused", net, optimizer, scaler, info)
     sampler = (DistributedSampler(dataset, info.world_size, info.rank, shuffle=True,
                                   seed=args.seed, drop_last=True) if info.distributed else None)
     loader = make_loader(dataset, args.batch_size, args.num_workers, device, shuffle=True,
@@ -144,13 +117,12 @@ def run(args, device, info) -> None:
                                      device, epoch, args.radius, args.amp, scaler, info,
                                      last_good=last))
         log.epoch(stats)
-        log.text("epoch " + json.dumps(stats))
         save_training_state(last, epoch, net, optimizer, scaler, args, info,
-                            weights=os.path.join(out_dir, "aff_net.pth"))
+                            weights=final)
     log.close()
     if info.is_main:
-        print(f"saved {os.path.join(out_dir, 'aff_net.pth')}")
+        print(f"saved {final}")
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

@@ -18,24 +18,14 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, parse_args, run_parent
-from utils.choices import SEG_BACKBONES
+from utils.args import launch_script, refine_net_parent, script_parser, training_state_parent
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Segmentation training on pseudo masks",
-                                parents=[run_parent(), device_parent()],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("network")
-    g.add_argument("--backbone", choices=SEG_BACKBONES, default=None,
-                   help="resnet38 (the reference DeepLab-LargeFOV; default for VOC/COCO), "
-                        "deeplabv2_r101 (torchvision ResNet-101 + ASPP), toy (small; default "
-                        "for the toy set)")
-    g.add_argument("--weights", default=None,
-                   help="initial weights: PSA's res38_cls.pth for resnet38 (default "
-                        "pretrained/res38_cls.pth), torchvision's ImageNet resnet101 file (or "
-                        "'download') for deeplabv2_r101, 'none' for scratch (default for toy)")
+    p = script_parser("Segmentation training on pseudo masks",
+                      refine_net_parent("segmentation", trained=False),
+                      training_state_parent("segnet"))
     g = p.add_argument_group("data")
     g.add_argument("--train_list", default=None,
                    help="training ids (default: the dataset's, train_aug.txt for VOC)")
@@ -58,20 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=None,
                    help="SGD momentum (default: --wt_dec for resnet38 as the reference, 0.9 "
                         "for r101)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from experiment/<name>/segnet/last.pth")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     return p
 
 
-def main(args) -> None:
-    from utils.dist import launch
-
-    launch(run, args, args.device)
-
-
 def run(args, device, info) -> None:
-    import json
     import os
 
     import numpy as np
@@ -83,10 +63,11 @@ def run(args, device, info) -> None:
     from engine.common import prepare_model
     from engine.segmentation import train_steps
     from models.refine import (build_segmentation_net, default_backbone, resolve_init_weights,
-                               seg_optim, seg_recipe)
-    from utils.checkpoint import resume_training, save_training_state
+                               seg_optim, seg_recipe, trained_weights_path)
+    from utils.args import check_training_length
+    from utils.checkpoint import save_training_state, start_training
     from utils.dist import shard
-    from utils.errors import UserError
+    from utils.errors import UserError, require_folder
     from utils.lists import read_id_list
     from utils.logger import RunLog
     from utils.optim import PolySGD
@@ -99,7 +80,8 @@ def run(args, device, info) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     exp = os.path.join("experiment", args.name)
-    out_dir = os.path.join(exp, "segnet")
+    final = trained_weights_path(exp, "segmentation")     # what infer_*.py loads
+    out_dir = os.path.dirname(final)
     mask_dir = args.seg_pgt_path or os.path.join(exp, "rw")
     gt_dirs = {os.path.realpath(lay.gt_dir(i)) for i in ("train", "val")}
     gt_dirs |= {os.path.realpath(os.path.join(lay.root, d))
@@ -109,16 +91,15 @@ def run(args, device, info) -> None:
                         f"on it is fully supervised, not weakly supervised, and its scores "
                         f"would be meaningless here. Train on the pseudo masks of infer_aff.py "
                         f"(experiment/<name>/rw).")
-    if not os.path.isdir(mask_dir):
-        raise UserError(f"pseudo masks not found: {mask_dir}. Write them with `python "
-                        f"infer_aff.py --name {args.name}` for the training list, or pass "
-                        f"--seg_pgt_path.")
-    if args.num_epochs < 1:
-        raise UserError(f"--num_epochs {args.num_epochs}: nothing to train; give at least 1")
+    require_folder(mask_dir, "pseudo masks",
+                   f"`python infer_aff.py --name {args.name}` for the training list",
+                   "--seg_pgt_path")
     autocast_context(device, args.amp)
     weights = resolve_init_weights(args.backbone, args.weights, "segmentation")
     train_list = args.train_list or lay.train_list
     ids = read_id_list(train_list)
+    check_training_length("--num_epochs", args.num_epochs, args.batch_size, info.world_size,
+                          len(ids), train_list)
     each = len(ids) // info.world_size     # every rank takes as many steps
     dataset = SegTrainDataset(lay, list(shard(ids, info))[:each], mask_dir, args.crop_size,
                               args.mask_fill)
@@ -134,16 +115,12 @@ def run(args, device, info) -> None:
     optimizer = PolySGD(net.param_groups(args.lr, group_wd), max_step, momentum=momentum)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     last = os.path.join(out_dir, "last.pth")
-    start_step = 0
-    if args.resume:
-        start_step = (resume_training(last, log, net, optimizer, scaler, info)
-                      * sampler.steps_per_epoch)
-    else:
-        log.header(vars(args))
-        log.text(f"{args.backbone} on {len(ids)} pseudo masks of {mask_dir}, {num_classes} "
-                 f"classes, {sampler.steps_per_epoch} steps per epoch x {args.num_epochs}; "
-                 f"weights {weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh "
-                 f"tensors, {len(info_w['dropped'])} file tensors unused")
+    start_step = sampler.steps_per_epoch * start_training(
+        last, log, args, f"{args.backbone} on {len(ids)} pseudo masks of {mask_dir}, "
+        f"{num_classes} classes, {sampler.steps_per_epoch} steps per epoch x "
+        f"{args.num_epochs}; weights {weights or 'none (from scratch)'}: "
+        f"{len(info_w['fresh'])} fresh tensors, {len(info_w['dropped'])} file tensors unused",
+        net, optimizer, scaler, info)
     # the batch order is drawn from numpy's stream seeded here; a resumed run redraws it
     # from the same seed and skips the batches already done
     np.random.seed(args.seed + info.rank)
@@ -155,16 +132,15 @@ def run(args, device, info) -> None:
     def end_of_epoch(epoch, stats):
         stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
         log.epoch(stats)
-        log.text("epoch " + json.dumps(stats))
         save_training_state(last, epoch, net, optimizer, scaler, args, info,
-                            weights=os.path.join(out_dir, "seg_net.pth"))
+                            weights=final)
 
     train_steps(model, loader, optimizer, device, sampler.steps_per_epoch, start_step,
                 args.amp, scaler, info, on_epoch_end=end_of_epoch, last_good=last)
     log.close()
     if info.is_main:
-        print(f"saved {os.path.join(out_dir, 'seg_net.pth')}")
+        print(f"saved {final}")
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_args(get_args_parser())))
+    run_main(lambda: launch_script(run, get_args_parser()))

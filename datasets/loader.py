@@ -2,11 +2,13 @@
 sees the batches an uninterrupted one would), and their per-epoch reseeding."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
+
+from datasets.wsss import collate_single
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
@@ -20,6 +22,16 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: tor
                       pin_memory=device.type == "cuda", drop_last=drop_last,
                       persistent_workers=persistent and num_workers > 0,
                       collate_fn=collate_fn)
+
+
+def image_loader(dataset: Dataset, indices: Iterable[int], num_workers: int,
+                 device: torch.device) -> DataLoader:
+    """The items ``dataset[i]`` for ``i`` in ``indices``, in order, one at a time (native
+    sizes differ: ``collate_single``), with no more workers than items: what inference and
+    seed validation iterate over."""
+    indices = list(indices)
+    return make_loader(Subset(dataset, indices), 1, min(num_workers, len(indices)), device,
+                       collate_fn=collate_single)
 
 
 def reseed(loader: DataLoader, seed: int, epoch: int) -> DataLoader:

@@ -7,4 +7,7 @@ returning plain values (deit's ``engine.py`` habit); the top-level scripts wire 
   ``random_walk_masks`` (pseudo masks).
 - ``engine.segmentation``: segmentation - ``train_steps`` and ``predict``.
 - ``engine.pretrain``: the toy set's self-supervised stand-in for ImageNet pre-training.
+- ``engine.common``: what the loops share - ``prepare_model`` (compile, then DDP),
+  ``optimizer_step``, ``stop_if_not_finite``, and an inference's claim on its output folders
+  (``claim_outputs`` / ``pending_outputs``).
 """

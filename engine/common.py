@@ -4,7 +4,7 @@ scaler, the stop on a non-finite loss, and an inference's claim on its output fo
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -54,18 +54,28 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
         optimizer.step()
 
 
-def pending_outputs(out_dir: str, made_by: dict, ids: Sequence[str], overwrite: bool,
-                    info: DistInfo, extension: str = ".png") -> Tuple[List[int], List[int]]:
-    """Claim ``out_dir`` for the outputs of ``made_by`` (``utils.manifest``: refuse a folder
-    of other weights unless ``overwrite``; the main process writes the manifest, every
-    process waits for it) and split ``ids`` over the processes. Returns ``(mine, todo)``:
-    this process's indices into ``ids``, and those whose ``<id><extension>`` is not written
-    yet."""
-    state = check_folder(out_dir, made_by, (extension,), overwrite)
+def claim_outputs(folders: Mapping[str, Tuple[dict, Sequence[str]]], ids: Sequence[str],
+                  overwrite: bool, info: DistInfo, done: Callable[[str], bool]
+                  ) -> Tuple[List[int], List[int]]:
+    """Claim each output folder ``d`` of ``folders`` (``d -> (made_by, extensions)``) for
+    the outputs of ``made_by`` (``utils.manifest``: refuse a folder of other weights unless
+    ``overwrite``; every folder is checked before any is claimed; the main process writes
+    the manifests, every process waits for them) and split ``ids`` over the processes.
+    Returns ``(mine, todo)``: this process's indices into ``ids``, and those whose outputs
+    are not all written yet (``done(id)`` false)."""
+    states = {d: check_folder(d, made_by, exts, overwrite)
+              for d, (made_by, exts) in folders.items()}
     barrier(info)
     if info.is_main:
-        claim_folder(out_dir, made_by, (extension,), state)
+        for d, (made_by, exts) in folders.items():
+            claim_folder(d, made_by, exts, states[d])
     barrier(info)
     mine = list(shard(range(len(ids)), info))
-    todo = [i for i in mine if not os.path.isfile(os.path.join(out_dir, ids[i] + extension))]
-    return mine, todo
+    return mine, [i for i in mine if not done(ids[i])]
+
+
+def pending_outputs(out_dir: str, made_by: dict, ids: Sequence[str], overwrite: bool,
+                    info: DistInfo, extension: str = ".png") -> Tuple[List[int], List[int]]:
+    """``claim_outputs`` for one folder of ``<id><extension>`` files."""
+    return claim_outputs({out_dir: (made_by, (extension,))}, ids, overwrite, info,
+                         lambda i: os.path.isfile(os.path.join(out_dir, i + extension)))

@@ -1,6 +1,8 @@
 """The house rules of ../shared/LAYOUT.md, checked on the source with ``ast``: imports run
-downhill (scripts -> engine -> models -> utils / datasets), scripts define only
-``get_args_parser``, ``main`` and ``run``, and tests never import a script module."""
+downhill (scripts -> engine -> models -> utils / datasets), scripts define nothing but
+``get_args_parser``, ``main`` and ``run`` (the scripts that run a network define the first
+and the last; ``utils.args.launch_script`` launches ``run``), and tests never import a
+script module."""
 import ast
 import glob
 import os

@@ -1,18 +1,22 @@
 """Argument definitions shared by the scripts (deit's ``get_args_parser(add_help=False)``
 habit): each ``*_parent`` returns a parent parser that scripts combine with
-``parents=[...]``; the VOC and COCO entry points differ only in defaults. Flag names follow
-the reference repositories (PCSS, MCTformer, PSA); inside the code every quantity has one
-name, given here with ``dest`` (``--mpc_idx`` -> ``mpc_block``, ...). No torch import: every
-script answers ``--help`` and checks its flags at once.
+``parents=[...]`` (``script_parser`` adds the run, data and device options every script
+has); the VOC and COCO entry points differ only in defaults. Flag names follow the reference
+repositories (PCSS, MCTformer, PSA); inside the code every quantity has one name, given here
+with ``dest`` (``--mpc_idx`` -> ``mpc_block``, ...). Also the argument checks the training
+scripts share (``check_training_length``), and ``launch_script``, what ``python
+<script>.py`` does in every script that runs a network. No torch import: every script
+answers ``--help`` and checks its flags at once.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from utils.choices import AMP_MODES, ARCHS, DATA_SETS
+from utils.choices import AMP_MODES, ARCHS, BACKBONES, DATA_SETS, TRAINED_FILES, WEIGHT_FILES
+from utils.errors import UserError
 
 
 def run_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012",
@@ -29,6 +33,41 @@ def run_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012",
     if workers:
         g.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
                        default=4, help="worker processes for loading (0: the main process)")
+    return p
+
+
+def script_parser(description: str, *parents: argparse.ArgumentParser,
+                  data: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser of a script that runs a network: the run and data options
+    (``run_parent(*data)``), the device options, then ``parents``; --help shows defaults."""
+    return argparse.ArgumentParser(description=description,
+                                   parents=[run_parent(*data), device_parent(), *parents],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def refine_net_parent(stage: str, trained: bool) -> argparse.ArgumentParser:
+    """``--backbone`` and ``--weights`` of the ``stage`` ("affinity" / "segmentation") net:
+    its initial weights in the training script, the trained state dict (``trained``) in the
+    inference script. The help comes from the tables the code uses (``utils.choices``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("network")
+    names = BACKBONES[stage]
+    g.add_argument("--backbone", choices=tuple(names), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in names.items())
+                        + ". None given: resnet38, toy on the toy set"
+                        + (". Give the one the weights were trained with" if trained else ""))
+    if trained:
+        folder, file, script, example = TRAINED_FILES[stage]
+        weights = (f"the trained state dict{example}. None given: "
+                   f"experiment/<name>/{folder}/{file}, written by {script}")
+    else:
+        files = ", ".join(f"{k} {WEIGHT_FILES[k][0]}" if k in WEIGHT_FILES else
+                          f"{k} from scratch" for k in names)
+        weights = ("initial weights; 'none': from scratch"
+                   + ("; 'download': torchvision's ImageNet file"
+                      if set(names) & {"resnet50", "deeplabv2_r101"} else "")
+                   + f". None given: {files}")
+    g.add_argument("--weights", default=None, help=weights)
     return p
 
 
@@ -127,10 +166,66 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
                    default=val_start_epoch, help="first epoch with seed validation")
     g.add_argument("--val-thresholds", "--val_thresholds", dest="val_thresholds", type=float,
                    nargs=3, default=[0.30, 0.60, 0.01], metavar=("START", "STOP", "STEP"))
-    g.add_argument("--resume", action="store_true",
-                   help="continue from experiment/<name>/ckpt/last.pth")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    add_training_state(g, "ckpt")
     return p
+
+
+def add_training_state(group, folder: str) -> None:
+    """``--resume`` (from ``experiment/<name>/<folder>/last.pth``) and ``--no-tensorboard``:
+    the flags every training script shares."""
+    group.add_argument("--resume", action="store_true",
+                       help=f"continue from experiment/<name>/{folder}/last.pth")
+    group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+
+
+def training_state_parent(folder: str) -> argparse.ArgumentParser:
+    """``add_training_state`` as a parent parser (the refinement stages)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_training_state(p.add_argument_group("resuming and logging"), folder)
+    return p
+
+
+def overwrite_parent(what: str) -> argparse.ArgumentParser:
+    """``--overwrite`` of the inference scripts, whose output folders belong to one set of
+    weights (``utils.manifest``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument_group("outputs").add_argument(
+        "--overwrite", action="store_true",
+        help=f"replace {what} made earlier (by these or other weights)")
+    return p
+
+
+def launch_script(run: Callable, parser: argparse.ArgumentParser,
+                  argv: Optional[Sequence[str]] = None):
+    """What ``python <script>.py`` does in the scripts that run networks: ``parse_args``,
+    then ``run(args, device, info)`` on ``--device``, in each torchrun process or in this
+    one (``utils.dist.launch``). Returns what ``run`` returns."""
+    args = parse_args(parser, argv)
+    from utils.dist import launch     # torch: after --help / --print-args
+
+    return launch(run, args, args.device)
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a number that must be > 0 (image scales)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def check_training_length(epochs_flag: str, epochs: int, batch_size: int, world_size: int,
+                          images: int, list_path: str) -> None:
+    """A ``UserError`` when a training run would take no step: fewer than one epoch, or a
+    batch over all processes larger than the training list (the last partial batch is
+    dropped, as the reference does)."""
+    if epochs < 1:
+        raise UserError(f"{epochs_flag} {epochs}: nothing to train; give at least 1")
+    if images < batch_size * world_size:
+        raise UserError(
+            f"--batch_size {batch_size} x {world_size} process(es) is more than the {images} "
+            f"images of {list_path}: with the last partial batch dropped (as the reference "
+            f"does) an epoch would have no step. Use a smaller --batch_size.")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):

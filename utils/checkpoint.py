@@ -84,6 +84,17 @@ def resume_training(path: str, log, model, optimizer, scaler=None,
     return start
 
 
+def start_training(path: str, log, args, summary: str, model, optimizer, scaler=None,
+                   info: DistInfo = DistInfo(), **others) -> int:
+    """The first epoch of every training script: with ``args.resume``, ``resume_training``
+    from ``path``; else 0, after heading the log with the arguments and ``summary``."""
+    if args.resume:
+        return resume_training(path, log, model, optimizer, scaler, info, **others)
+    log.header(vars(args))
+    log.text(summary)
+    return 0
+
+
 def save_training_state(path: str, epoch: int, model, optimizer, scaler, args,
                         info: DistInfo = DistInfo(), weights: str = None, **others) -> None:
     """After ``epoch``: everything ``resume_training`` needs (model, optimizer, scaler,

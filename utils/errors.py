@@ -5,6 +5,7 @@ Scripts catch ``UserError`` at the top level and print its message without a tra
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Iterable
 
@@ -29,6 +30,13 @@ def describe_missing(paths: Iterable[str], what: str, limit: int = 5) -> str:
     shown = ", ".join(str(p) for p in paths[:limit])
     more = f" (and {len(paths) - limit} more)" if len(paths) > limit else ""
     return f"{len(paths)} {what} missing: {shown}{more}"
+
+
+def require_folder(path: str, what: str, how: str, flag: str) -> None:
+    """A ``UserError`` when the folder ``path`` of ``what`` (an earlier stage's outputs) is
+    absent: ``how`` to write it (a command), or the ``flag`` that names another folder."""
+    if not os.path.isdir(path):
+        raise UserError(f"{what} not found: {path}. Write them with {how}, or pass {flag}.")
 
 
 def _original_message(msg: str) -> str:

@@ -54,9 +54,11 @@ class RunLog:
         self.text("arguments:\n" + "\n".join(f"  {k}: {args[k]}" for k in sorted(args)))
 
     def epoch(self, stats: Dict) -> None:
-        """One JSON line in ``log.txt`` and TensorBoard scalars."""
+        """One JSON line in ``log.txt``, the same line (``epoch {...}``) in ``train.log`` and
+        on screen, and TensorBoard scalars."""
         if not self.enabled:
             return
+        self.text("epoch " + json.dumps(stats))
         with open(os.path.join(self.out_dir, "log.txt"), "a") as f:
             f.write(json.dumps(stats) + "\n")
         if self.tb is not None:
