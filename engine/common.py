@@ -4,7 +4,7 @@ scaler, the stop on a non-finite loss, and an inference's claim on its output fo
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -29,12 +29,14 @@ def prepare_model(net: torch.nn.Module, device: torch.device, info: DistInfo,
     return model
 
 
-def stop_if_not_finite(loss: torch.Tensor, what: str, where: str, last_good: Optional[str],
-                       hint: str) -> None:
+def stop_if_not_finite(loss: torch.Tensor, what: str, where: Union[str, Callable[[], str]],
+                       last_good: Optional[str], hint: str) -> None:
     """Raise ``NonFiniteLoss`` when ``loss`` is NaN or infinite: "<what> became <value>
-    <where>", where the last good checkpoint is, and ``hint``."""
+    <where>", where the last good checkpoint is, and ``hint``. ``where`` may be a function,
+    called only then (reading loss values is a device synchronisation per value)."""
     if torch.isfinite(loss):
         return
+    where = where() if callable(where) else where
     back = (f"the last good state is {last_good} (--resume continues from it)"
             if last_good and os.path.isfile(last_good) else
             "no checkpoint was written before it")

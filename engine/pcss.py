@@ -48,8 +48,8 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
             L = cfg.losses(model, images, labels, epoch, masks, perm)
         total = L["total"]
         stop_if_not_finite(
-            total, "the loss", f"at epoch {epoch}, step {step} ("
-            + ", ".join(f"{k}={float(L[k]):.4g}" for k in LOSS_NAMES) + ")", last_good,
+            total, "the loss", lambda: f"at epoch {epoch}, step {step} (" + ", ".join(
+                f"{k}={L[k].detach().item():.4g}" for k in LOSS_NAMES) + ")", last_good,
             "Try a lower --lr, --amp none (or bf16 instead of fp16), and check the data.")
         optimizer_step(total, optimizer, scaler)
         batch = torch.stack([L[k].detach().double() for k in LOSS_NAMES])
