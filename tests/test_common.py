@@ -168,3 +168,18 @@ def test_image_loader_yields_single_items_in_order_with_few_workers():
     assert loader.num_workers == 2                           # no more workers than images
     assert [(img.shape[1], i) for img, _, i in loader] == [(10, "id10"), (6, "id6")]
     assert image_loader(items, [], 4, torch.device("cpu")).num_workers == 0
+
+
+def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine (found on an H200): a message that
+    says what to change, before any CUDA call can fail with "invalid device ordinal"."""
+    from utils import dist as d
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device",
+                        lambda i: pytest.fail("set_device reached with a rank past the GPUs"))
+    with pytest.raises(UserError, match="--nproc_per_node 1 or fewer, or --device cpu"):
+        d.init_distributed("cuda")

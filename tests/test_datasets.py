@@ -392,7 +392,7 @@ def test_integer_keyed_labels_of_irn_style_repositories(voc):
 def test_old_pickles_that_call_anything_else_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     save_old_pickle(tmp_path / "evil.npy", {"2007_000001": WritesMarker(str(marker))})
-    with pytest.raises(pickle.UnpicklingError, match="forbidden object io.open"):
+    with pytest.raises(pickle.UnpicklingError, match="forbidden object _?io.open"):
         load_npy_dict(str(tmp_path / "evil.npy"))
     assert not marker.exists()
 

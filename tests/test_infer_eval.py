@@ -28,7 +28,7 @@ from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
-DATA = EVAL + ["--arch", "toy"]
+DATA = EVAL + ["--arch", "toy", "--device", "cpu"]   # compared with CPU results
 THRESHOLDS = ["--thresholds", "0.30", "0.80", "0.01"]
 
 

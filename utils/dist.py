@@ -9,6 +9,8 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -36,6 +38,12 @@ def init_distributed(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
+            gpus = torch.cuda.device_count()
+            if info.local_rank >= gpus:
+                raise UserError(
+                    f"torchrun started more processes on this machine than it has GPUs "
+                    f"(local rank {info.local_rank}, {gpus} GPU(s) visible): use "
+                    f"--nproc_per_node {gpus} or fewer, or --device cpu")
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
