@@ -89,8 +89,11 @@ def test_outputs_of_unknown_origin_are_not_mixed_in(work):
 
 
 def test_settings_are_part_of_the_producer(work):
-    proc = run("infer_PCSS.py", "--name", "two", "--load_pretrained", "B.pth", "--scales", "1",
-               "0.5", *DATA, cwd=work)
+    first = run("infer_PCSS.py", "--name", "settings", "--load_pretrained", "B.pth", *DATA,
+                cwd=work)
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = run("infer_PCSS.py", "--name", "settings", "--load_pretrained", "B.pth", "--scales",
+               "1", "0.5", *DATA, cwd=work)
     assert proc.returncode == 2 and "scales [1.0, 0.5]" in proc.stderr
 
 
