@@ -117,8 +117,7 @@ def run(args, device, info) -> None:
                                      device, epoch, args.radius, args.amp, scaler, info,
                                      last_good=last))
         log.epoch(stats)
-        save_training_state(last, epoch, net, optimizer, scaler, args, info,
-                            weights=final)
+        save_training_state(last, epoch, net, optimizer, scaler, args, info, weights=final)
     log.close()
     if info.is_main:
         print(f"saved {final}")

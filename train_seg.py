@@ -132,8 +132,7 @@ def run(args, device, info) -> None:
     def end_of_epoch(epoch, stats):
         stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
         log.epoch(stats)
-        save_training_state(last, epoch, net, optimizer, scaler, args, info,
-                            weights=final)
+        save_training_state(last, epoch, net, optimizer, scaler, args, info, weights=final)
 
     train_steps(model, loader, optimizer, device, sampler.steps_per_epoch, start_step,
                 args.amp, scaler, info, on_epoch_end=end_of_epoch, last_good=last)
