@@ -23,7 +23,7 @@ from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.checkpoint import initial_weights, load_model_weights
 from models.deeplab import DeepLabV2
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, head_keys, load_resnet38_weights
-from utils.choices import TRAINED_FILES, WEIGHT_FILES
+from utils.choices import TORCHVISION_BACKBONES, TRAINED_FILES, WEIGHT_FILES
 from utils.errors import UserError
 
 Info = Dict[str, List[str]]
@@ -43,7 +43,7 @@ def resolve_init_weights(backbone: str, value: Optional[str], stage: str) -> Opt
         lambda path: f"initial weights not found: {path}. The {stage} net ({backbone}) starts "
                      f"from {where}; put the file there or pass --weights PATH (or 'none' to "
                      f"train from scratch).",
-        keep=("download",) if backbone in ("resnet50", "deeplabv2_r101") else ())
+        keep=("download",) if backbone in TORCHVISION_BACKBONES else ())
 
 
 def _info_from_constructor(net: nn.Module, loaded: bool) -> Info:
@@ -86,7 +86,7 @@ def _build(makers: Dict[str, Callable[[], nn.Module]], backbone: str, weights: O
     if backbone not in makers:
         raise UserError(f"unknown {stage} backbone {backbone!r}")
     net = makers[backbone]()
-    if backbone in ("resnet50", "deeplabv2_r101"):
+    if backbone in TORCHVISION_BACKBONES:
         return net, _info_from_constructor(net, weights is not None)
     if weights is None:
         return net, {"fresh": list(net.state_dict()), "dropped": []}

@@ -15,7 +15,8 @@ import json
 import sys
 from typing import Callable, Optional, Sequence
 
-from utils.choices import AMP_MODES, ARCHS, BACKBONES, DATA_SETS, TRAINED_FILES, WEIGHT_FILES
+from utils.choices import (AMP_MODES, ARCHS, BACKBONES, DATA_SETS, TORCHVISION_BACKBONES,
+                           TRAINED_FILES, WEIGHT_FILES)
 from utils.errors import UserError
 
 
@@ -65,7 +66,7 @@ def refine_net_parent(stage: str, trained: bool) -> argparse.ArgumentParser:
                           f"{k} from scratch" for k in names)
         weights = ("initial weights; 'none': from scratch"
                    + ("; 'download': torchvision's ImageNet file"
-                      if set(names) & {"resnet50", "deeplabv2_r101"} else "")
+                      if set(names) & set(TORCHVISION_BACKBONES) else "")
                    + f". None given: {files}")
     g.add_argument("--weights", default=None, help=weights)
     return p

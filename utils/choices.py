@@ -30,6 +30,9 @@ AFF_BACKBONES = tuple(BACKBONES["affinity"])
 SEG_BACKBONES = tuple(BACKBONES["segmentation"])
 AFF_RECIPES = ("mct", "psa")     # AffinityNet lr / epochs: MCTformer's or PSA's (models.refine)
 
+# torchvision trunks: ImageNet weights through their constructors, or --weights download
+TORCHVISION_BACKBONES = ("resnet50", "deeplabv2_r101")
+
 # the file each backbone starts from (none: the toy nets, from scratch), and where to get it
 WEIGHT_FILES = {
     "resnet38": ("pretrained/res38_cls.pth",
