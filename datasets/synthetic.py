@@ -46,17 +46,19 @@ def synthetic_scene(height: int, width: int, n_classes: int = 2, seed: int = 0
 
 
 def synthetic_probs(height: int, width: int, num_classes: int, present: Sequence[int] = (),
-                    seed: int = 0, sharpness: float = 6.0) -> np.ndarray:
-    """num_classes x H x W float32 softmax probabilities of a segmentation network's output:
-    background plus the blob-shaped classes ``present`` (default: 2 drawn at random), soft
-    boundaries, small logits elsewhere."""
+                    seed: int = 0, sharpness: float = 10.0) -> np.ndarray:
+    """num_classes x H x W float32 softmax probabilities of a confident segmentation
+    network: background plus the blob-shaped classes ``present`` (default: 2 drawn at
+    random), each winning where its blob exceeds 0.4, with soft boundaries (logits
+    ``sharpness`` x (blob - 0.4) above the background's); the other classes a few units
+    lower everywhere."""
     rng = np.random.default_rng(seed)
     if not present:
         present = tuple(rng.choice(np.arange(1, num_classes), 2, replace=False))
-    logits = rng.normal(-2.0, 0.5, (num_classes, 1, 1)).astype(np.float32) \
-        + 0.3 * _blobs(rng, num_classes, height, width)
-    logits[0] += 1.0
+    logits = rng.normal(-4.0, 0.5, (num_classes, 1, 1)).astype(np.float32) \
+        + 0.5 * _blobs(rng, num_classes, height, width)
+    logits[0] = 4.0
     for k, blob in zip(present, _blobs(rng, len(present), height, width)):
-        logits[k] += sharpness * (blob - 0.35)
+        logits[k] = 4.0 + sharpness * (blob - 0.4)
     e = np.exp(logits - logits.max(0, keepdims=True))
     return (e / e.sum(0, keepdims=True)).astype(np.float32)

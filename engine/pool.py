@@ -41,12 +41,6 @@ def default_workers(loader_workers: int, processes_per_node: Optional[int] = Non
 def _worker_start() -> None:
     # Ctrl-C reaches the whole process group: the main process shuts the pool down
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import cv2
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
 
 
 def _ready() -> int:
