@@ -124,7 +124,7 @@ def stage_seed_crf_and_bytes(geo):
             buf = io.BytesIO()
             np.save(buf, q)
             sizes["crf_psa"].append(len(buf.getvalue()))
-            sizes["crf_compact"].append(len(encode_score_dict(q, CRF_SCALE)))
+            sizes["crf_compact"].append(len(encode_score_dict(q, CRF_SCALE, dither=True)))
     out["bytes"] = {k: float(np.mean(v)) for k, v in sizes.items()}
     out["crf_ratio"] = out["bytes"]["crf_psa"] / out["bytes"]["crf_compact"]
     out["crf_ratio_worst"] = float(min(np.array(sizes["crf_psa"]) / np.array(sizes["crf_compact"])))

@@ -198,7 +198,8 @@ class SeedWriter:
             elif kind == "vis":
                 save_jpeg(path, cam_panel(rgb, cams, self.class_names))
             elif kind[0] == "crf":
-                save_score_dict(path, crf[kind[1]], self.formats["crf"], CRF_SCALE)
+                save_score_dict(path, crf[kind[1]], self.formats["crf"], CRF_SCALE,
+                                dither=True)
             else:
                 save_label_png(path, score_dict_label(crf[kind[1]]))
 

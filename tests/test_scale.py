@@ -48,8 +48,9 @@ def test_round_trip_keys_shapes_and_tolerance():
             err = back[k] - d[k]
             assert err.min() >= 0 and err.max() < 1 / scale     # never below, within a step
         assert np.all(back[4] == 0) and np.all(back[19] == 1)
-    assert max(np.abs(decode_score_dict(encode_score_dict(d, CRF_SCALE))[0] - d[0]).max()
-               for _ in [0]) < 1e-4
+    dithered = decode_score_dict(encode_score_dict(d, CRF_SCALE, dither=True))
+    assert all(np.abs(dithered[k] - d[k]).max() < 1e-4 for k in d)     # the CRF dicts' rule
+    assert np.all(dithered[4] == 0) and np.all(dithered[19] == 1)
     assert decode_score_dict(encode_score_dict({})) == {}
 
 
@@ -65,6 +66,19 @@ def test_threshold_comparisons_on_the_grid_are_kept():
         np.testing.assert_array_equal(back > th, v > th)
 
 
+def test_dithered_codes_keep_8x8_means():
+    """The CRF dicts' rounding: every value within a step, and the mean of every 8 x 8
+    window (affinity training pools such blocks, wherever the crop starts) within a tenth
+    of a step (plain rounding up: half a step and more)."""
+    ramp = np.linspace(0, 1e-3, 40)
+    v = (0.37 + ramp[None, :] + ramp[:, None] / 2).astype(np.float32)
+    back = decode_score_dict(encode_score_dict({0: v}, CRF_SCALE, dither=True))[0]
+    assert np.abs(back - v).max() < 1 / CRF_SCALE
+    worst = max(abs(back[t:t + 8, x:x + 8].mean() - v[t:t + 8, x:x + 8].mean())
+                for t in range(33) for x in range(33))
+    assert worst < 0.1 / CRF_SCALE
+
+
 def test_out_of_range_values_are_refused():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         encode_score_dict({0: np.full((2, 2), 1.5, np.float32)})
@@ -77,7 +91,7 @@ def test_crf_dicts_at_voc_size_are_20x_smaller_and_label_alike():
     H, W = GEOMETRY["VOC"]
     rgb, cams = synthetic_scene(H, W, 2, seed=0)
     scores = crf_score_dict(rgb, {3: cams[0], 11: cams[1]}, alpha=12)   # the hardest alpha
-    packed = encode_score_dict(scores, CRF_SCALE)
+    packed = encode_score_dict(scores, CRF_SCALE, dither=True)         # as infer_PCSS writes
     assert npy_bytes(scores) / len(packed) >= 20
     back = decode_score_dict(packed)
     assert max(np.abs(back[k] - scores[k]).max() for k in scores) <= 1e-4

@@ -8,14 +8,17 @@ formats, and the one reader of both.
   value with a grid point (a threshold) comes out as with the original, and every value
   comes back within one step. CAM dicts use ``CAM_SCALE`` 50000 (steps of 2e-5; the
   thresholds 0.00, 0.01, ... lie on the grid, so pseudo labels at those thresholds are
-  unchanged), CRF score dicts ``CRF_SCALE`` 12500 (steps of 8e-5: coarser steps, far
-  smaller files, every value still within 1e-4). The maps, stacked in key order, are optionally
+  unchanged), CRF score dicts ``CRF_SCALE`` 10000 (steps of 1e-4: coarser steps, far
+  smaller files; every value within 127/128 of a step) with ordered dithering: ``floor(v * scale
+  + d)`` with ``d`` from an 8 x 8 Bayer matrix tiled over the image, so that the mean of any
+  8 x 8 window (affinity training pools the scores over such blocks) keeps its value to
+  about 1/64 of a step, and near-ties between classes keep their order. The maps, stacked in key order, are optionally
   differenced along rows (the PNG "sub" filter, which suits smooth CAMs; saturated CRF scores
   compress better without), then LZMA. The file is ``MAGIC``, a 4-byte little-endian header
   length, a JSON header (``format``, ``version``, ``scale``, ``shape``, ``keys``,
   ``filter``, ``codec``, ``dtype``) and the LZMA stream: self-describing, and reading it
   runs no code (JSON and a length-bounded decompression only). At VOC size a CRF score dict
-  is 20-60x smaller than its ``.npy``.
+  is about 20-70x smaller than its ``.npy`` (the more texture, the less).
 
 Pure functions (bytes <-> dicts) plus ``save_score_dict`` / ``load_score_dict`` for files.
 """
@@ -37,7 +40,7 @@ from utils.io import atomic_path, load_npy_dict, save_cam_dict
 MAGIC = b"\x89PCSS-SDZ\n"
 VERSION = 1
 CAM_SCALE = 50000               # steps of 2e-5, a multiple of 100: thresholds on the grid
-CRF_SCALE = 12500               # steps of 8e-5
+CRF_SCALE = 10000               # steps of 1e-4, dithered: values within 0.99e-4
 FORMATS = {"psa": ".npy", "compact": ".sdz"}
 _FILTERS = ("none", "sub")
 _MAX_HEADER = 1 << 16
@@ -55,6 +58,24 @@ def _decode(u: np.ndarray, scale: float) -> np.ndarray:
     return (u.astype(np.float64) / scale).astype(np.float32)
 
 
+def _bayer(n: int = 8) -> np.ndarray:
+    """The n x n ordered-dither matrix (n a power of 2) as offsets (i + 0.5) / n^2."""
+    m = np.zeros((1, 1), np.int64)
+    while m.shape[0] < n:
+        m = np.block([[4 * m, 4 * m + 2], [4 * m + 3, 4 * m + 1]])
+    return (m + 0.5) / (n * n)
+
+
+def dither_quantize(v: np.ndarray, scale: float) -> np.ndarray:
+    """Fixed-point codes of ``v`` (... x H x W, in [0, 1]) with ordered dithering:
+    ``floor(v * scale + d)``, ``d`` the 8 x 8 Bayer offsets tiled from the top-left pixel;
+    every code decodes within one step of its value, 0 and 1 exactly."""
+    H, W = v.shape[-2:]
+    d = np.tile(_bayer(8), (-(-H // 8), -(-W // 8)))[:H, :W]
+    u = np.floor(np.asarray(v, np.float64) * scale + d)
+    return np.clip(u, 0, np.floor(scale)).astype(np.uint16)
+
+
 def quantize(v: np.ndarray, scale: float) -> np.ndarray:
     """The fixed-point codes of float32 values ``v`` in [0, 1]: for each, the smallest
     integer ``u`` with ``_decode(u) >= v``, so ``v > g`` exactly when ``_decode(u) > g`` for
@@ -68,10 +89,12 @@ def quantize(v: np.ndarray, scale: float) -> np.ndarray:
     return u.astype(np.uint16)
 
 
-def encode_score_dict(scores: Dict[int, np.ndarray], scale: float = CAM_SCALE) -> bytes:
+def encode_score_dict(scores: Dict[int, np.ndarray], scale: float = CAM_SCALE,
+                      dither: bool = False) -> bytes:
     """The compact bytes of a score dict (maps of equal H x W, values in [0, 1]; a value
     outside, or NaN, is a ``ValueError``) on the fixed-point grid of ``scale`` (at most
-    65535): values come back at most one step (``1 / scale``) above the originals."""
+    65535): values come back at most one step (``1 / scale``) above the originals
+    (``quantize``), or within one step either way with ``dither`` (``dither_quantize``)."""
     if not 0 < scale <= 65535:
         raise ValueError(f"scale must lie in (0, 65535], got {scale}")
     keys = sorted(int(k) for k in scores)
@@ -84,12 +107,13 @@ def encode_score_dict(scores: Dict[int, np.ndarray], scale: float = CAM_SCALE) -
     if v.size and not (np.all(v >= 0) and np.all(v <= 1)):   # NaN fails both
         raise ValueError(f"score maps must lie in [0, 1] for the compact format, got "
                          f"[{np.nanmin(v):.4g}, {np.nanmax(v):.4g}]")
-    u = quantize(v, scale)
+    u = dither_quantize(v, scale) if dither else quantize(v, scale)
     # the filter whose bytes deflate best (zlib level 1 is a cheap, faithful estimate)
     how = min(_FILTERS, key=lambda f: len(zlib.compress(_filtered(u, f), 1)))
     header = json.dumps({"format": "pcss-score-dict", "version": VERSION, "scale": scale,
                          "shape": [int(s) for s in shape], "keys": keys, "filter": how,
-                         "codec": "lzma", "dtype": "<u2"}).encode()
+                         "rounding": "bayer8" if dither else "up", "codec": "lzma",
+                         "dtype": "<u2"}).encode()
     return (MAGIC + struct.pack("<I", len(header)) + header
             + lzma.compress(_filtered(u, how), preset=6))
 
@@ -151,14 +175,14 @@ def is_compact(path: str) -> bool:
 
 
 def save_score_dict(path: str, scores: Dict[int, np.ndarray], fmt: Optional[str] = None,
-                    scale: float = CAM_SCALE) -> None:
+                    scale: float = CAM_SCALE, dither: bool = False) -> None:
     """Write ``scores`` atomically in ``fmt`` (default: the format of ``path``'s extension,
-    ``FORMATS``; ``scale`` is the compact format's grid)."""
+    ``FORMATS``; ``scale`` and ``dither``: the compact format's grid and rounding)."""
     fmt = fmt or next((f for f, e in FORMATS.items() if path.endswith(e)), "psa")
     if fmt == "psa":
         save_cam_dict(path, scores)
         return
-    data = encode_score_dict(scores, scale)
+    data = encode_score_dict(scores, scale, dither)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
