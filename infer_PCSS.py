@@ -9,12 +9,18 @@ and overlays.
 
 Writes under ``experiment/<name>/``: ``dict/<id>.npy`` (``{class index: H x W float32 map
 in [0, 1]}`` for the image's labels, the format PSA / IRN read), ``png/<id>.png`` (palette
-pseudo labels), ``crf/<alpha>/<id>.npy`` (PSA's CRF score dicts ``{0: background, k + 1:
-class k}``, what affinity training reads), ``crf_png/<alpha>/<id>.png`` (their labels) and
+pseudo labels), ``crf/<alpha>/<id>.sdz`` (PSA's CRF score dicts ``{0: background, k + 1:
+class k}``, what affinity training reads, in the compact format of ``utils.scorefile``;
+``--crf_format psa``: ``.npy``), ``crf_png/<alpha>/<id>.png`` (their labels) and
 ``vis/<id>.jpg`` (overlays). Each folder's ``manifest.json`` records the weights and settings
 that made it: images already done by the same weights are skipped; a folder made by other
 weights is refused unless ``--overwrite`` (which replaces it). Under torchrun every rank
-takes its share of the list.
+takes its share of the list, with its own pool of ``--crf_workers``.
+
+The CRF and the file writes run in ``--crf_workers`` processes while the network goes on
+(same bytes for any number). ``--crf``, ``--png``, ``--crf_png`` and ``--vis`` without
+``--dict`` read the CAMs from ``dict/`` instead of running the network when it holds every
+image's PSA-format dict from the same weights and settings (its manifest says so).
 """
 from __future__ import annotations
 

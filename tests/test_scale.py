@@ -4,6 +4,7 @@
 import io
 import os
 import struct
+from functools import partial
 import subprocess
 import sys
 
@@ -15,11 +16,12 @@ from datasets.layout import TOY_CLASSES
 from datasets.synthetic import GEOMETRY, synthetic_probs, synthetic_scene
 from datasets.toy import make_toy
 from engine.pool import WorkPool
-from engine.segmentation import SegFinish, present_classes
+from engine.segmentation import LabelPngWriter, SegFinish, predict, present_classes
 from helpers import WritesMarker
 from models import build_arch
 from utils.crf import crf_available
 from utils.errors import UserError
+from utils.evaluation import cam_miou
 from utils.io import load_cam_dict, save_cam_dict
 from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
 from utils.scorefile import (CAM_SCALE, CRF_SCALE, MAGIC, decode_score_dict,
@@ -232,6 +234,17 @@ def test_crf_workers_write_the_same_bytes_and_dicts_are_reused(work):
             assert npy in psa and k not in psa            # --overwrite replaced the format
         elif k.startswith("crf_png/"):
             assert psa[k] == v
+    # compact CAM dicts score as the PSA ones
+    proc = run_script("infer_PCSS.py", "--name", "compact", *DATA, "--dict", "--dict_format",
+                      "compact", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    names = os.listdir(work / "experiment" / "compact" / "dict")
+    assert {os.path.splitext(n)[1] for n in names} == {".sdz", ".json"}
+    ids = [k[len("dict/"):-4] for k in inline if k.startswith("dict/")]
+    scores = [cam_miou(str(work / "experiment" / n / "dict"), str(work / "data" /
+                       "SegmentationClass"), ids, len(TOY_CLASSES) + 1,
+                       np.arange(0.0, 1.0, 0.01))[0] for n in ("inline", "compact")]
+    np.testing.assert_array_equal(*scores)
     # a worker's error comes back as the script's one-line error
     (work / "data" / "JPEGImages" / "toy_00004.jpg").write_bytes(b"not a JPEG")
     try:
@@ -269,3 +282,29 @@ def test_crf_over_present_labels_agrees_with_the_full_crf(tmp_path):
     finish("x", probs[classes], classes)
     assert set(np.unique(full["x"])) <= set(classes)
     assert (full["x"] == part["x"]).mean() > 0.99
+
+
+def _png_path(folder, image_id):
+    return os.path.join(folder, image_id + ".png")
+
+
+@needs_crf
+def test_prediction_crf_in_workers_writes_the_same_files(tmp_path):
+    from PIL import Image
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 5, 1)
+    items = []
+    for i in range(3):
+        rgb, _ = synthetic_scene(60, 80, 2, seed=i)
+        Image.fromarray(rgb).save(tmp_path / f"im{i}.png")
+        items.append((torch.from_numpy(rgb / 255.0).float().permute(2, 0, 1), None, f"im{i}"))
+    out = {}
+    for n in (0, 2):
+        folder = tmp_path / f"out{n}"
+        folder.mkdir()
+        with WorkPool(n) as pool:
+            predict(net, items, torch.device("cpu"), LabelPngWriter(str(folder)), (1.0, 0.5),
+                    crf=True, image_path=partial(_png_path, str(tmp_path)),
+                    progress=False, submit=pool.submit)
+        out[n] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert len(out[0]) == 3 and out[0] == out[2]
