@@ -283,7 +283,12 @@ def run_cpu(stages, geos):
 def run_pool(workers, images_per_worker, device_name):
     import torch
     from utils.cam import cam_dict
+    from utils.crf import crf_available
     from utils.runtime import resolve_device
+    if not crf_available():
+        raise SystemExit("pool mode needs pydensecrf2 (pip install pydensecrf2; where no wheel "
+                         "fits, pip install --no-build-isolation its source with Cython and a "
+                         "C++ compiler present)")
     device = resolve_device(device_name)
     geo = "VOC"
     n_max = max(4, images_per_worker * max(workers))
