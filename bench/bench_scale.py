@@ -163,6 +163,23 @@ def stage_seed_pool(geo, workers):
             "network_waited_s_per_image": blocked / len(items)}
 
 
+def _train_step(geo, net, loss, what):
+    """Seconds of one SGD step on ``loss()`` (VOC only: the crops are the same for every
+    dataset); leaves ``net`` in eval mode."""
+    import torch
+    out = {}
+    if geo == "VOC":
+        opt = torch.optim.SGD(net.parameters(), lr=1e-6)
+
+        def step():
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+        out[f"train_s_per_step_{what}"] = _timed(step, 1, warmup=False)
+    net.eval()
+    return out
+
+
 def stage_affinity(geo):
     import torch
     from engine.affinity import random_walk_masks
@@ -170,17 +187,8 @@ def stage_affinity(geo):
     from utils.io import save_cam_dict
     torch.manual_seed(0)
     net, _ = build_affinity_net("resnet38", 5, None)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-6)
     x = torch.randn(1, 3, 448, 448)
-
-    def step():
-        opt.zero_grad()
-        net(x).float().mean().backward()
-        opt.step()
-    out = {}
-    if geo == "VOC":        # fixed crops: the same step for every dataset
-        out["train_s_per_step_batch1_crop448"] = _timed(step, 1, warmup=False)
-    net.eval()
+    out = _train_step(geo, net, lambda: net(x).float().mean(), "batch1_crop448")
     H, W = GEOMETRY[geo]
     rgb, cams = synthetic_scene(H, W, 2, seed=0)
     with tempfile.TemporaryDirectory() as d:
@@ -199,18 +207,9 @@ def stage_segmentation(geo):
     K = SEED_CLASSES[geo] + 1
     torch.manual_seed(0)
     net, _ = build_segmentation_net("deeplabv2_r101", K, None)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-6)
     x = torch.randn(1, 3, 321, 321)
     target = torch.randint(0, K, (1, 321, 321))
-
-    def step():
-        opt.zero_grad()
-        seg_loss(net(x), target).backward()
-        opt.step()
-    out = {}
-    if geo == "VOC":        # fixed crops: the same step for every dataset
-        out["train_s_per_step_batch1_crop321"] = _timed(step, 1, warmup=False)
-    net.eval()
+    out = _train_step(geo, net, lambda: seg_loss(net(x), target), "batch1_crop321")
     H, W = GEOMETRY[geo]
     rgb, _ = synthetic_scene(H, W, 2, seed=0)
     with torch.no_grad():
