@@ -106,7 +106,7 @@ def encode_score_dict(scores: Dict[int, np.ndarray], scale: float = CAM_SCALE,
     v = np.stack(maps) if maps else np.zeros((0,) + tuple(shape), np.float32)
     if v.size and not (np.all(v >= 0) and np.all(v <= 1)):   # NaN fails both
         raise ValueError(f"score maps must lie in [0, 1] for the compact format, got "
-                         f"[{np.nanmin(v):.4g}, {np.nanmax(v):.4g}]")
+                         f"[{v.min():.4g}, {v.max():.4g}]")
     u = dither_quantize(v, scale) if dither else quantize(v, scale)
     # the filter whose bytes deflate best (zlib level 1 is a cheap, faithful estimate)
     how = min(_FILTERS, key=lambda f: len(zlib.compress(_filtered(u, f), 1)))
