@@ -151,7 +151,9 @@ def run(args, device, info) -> None:
     barrier(info)
     if info.is_main:
         where = " on rank 0" if info.distributed else ""
-        print(f"wrote {n} images{where} to {', '.join(writer.folders.values())}")
+        waited = (f"; the network waited {pool.blocked_s:.0f} s for the {workers} CRF "
+                  f"worker(s) (more --crf_workers would cut that)" if pool.blocked_s >= 1 else "")
+        print(f"wrote {n} images{where} to {', '.join(writer.folders.values())}{waited}")
 
 
 if __name__ == "__main__":
