@@ -127,6 +127,7 @@ def run(args, name: str, W, full: bool = True) -> dict:
     from datasets.wsss import load_image
     from models.checkpoint import save_initial_weights
     from utils.io import load_cam_dict, read_label_png
+    from utils.scorefile import score_file
     from utils.lists import read_id_list
     from utils.pipeline import ROOT, CommandRunner, clean_experiment
     from utils.pseudo import pseudo_label
@@ -224,7 +225,7 @@ def run(args, name: str, W, full: bool = True) -> dict:
         rows = []
         for i in shown:
             rgb = np.asarray(load_image(lay.image_path(i)))
-            cams = load_cam_dict(os.path.join(exp, "dict", i + ".npy"))
+            cams = load_cam_dict(score_file(os.path.join(exp, "dict"), i))
             cam = np.max(np.stack(list(cams.values())), 0) if cams else np.zeros(rgb.shape[:2])
             rows.append([(rgb, "image"), (read_label_png(lay.gt_path(i)), "ground truth"),
                          (cam_overlay(rgb, cam), "CAM"),

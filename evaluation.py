@@ -121,7 +121,7 @@ def run(args) -> dict:
     else:
         ext = ".png"
         if args.task == "crf" and not any(n.endswith(".png") for n in os.listdir(pred_dir)):
-            ext = ".npy"     # PSA score dicts
+            ext = ".npy"     # score dicts (.npy or .sdz: read alike)
         conf = png_confusion(pred_dir, gt_dir, ids, K, workers, progress=True,
                              gt_files=gt_files, ext=ext)
         miou, class_iou = iou_from_confusion(conf)

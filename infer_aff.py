@@ -65,6 +65,7 @@ def run(args, device, info) -> None:
     from utils.manifest import file_fingerprint, producer, read_manifest
     from utils.report import best_threshold
     from utils.runtime import autocast_context
+    from utils.scorefile import score_file
     from utils.vis import save_label_png
 
     lay = layout(args.data_set, args.data_path)
@@ -77,7 +78,7 @@ def run(args, device, info) -> None:
     bg_thr = args.bg_thr if args.bg_thr is not None else best_threshold(exp, default=0.39)
     autocast_context(device, args.amp)
     dataset = build_dataset(args.data_set, args.data_path, list_path, "infer")
-    missing = [i for i in dataset.ids if not os.path.isfile(os.path.join(cam_dir, i + ".npy"))]
+    missing = [i for i in dataset.ids if not os.path.isfile(score_file(cam_dir, i))]
     if missing:
         raise UserError(f"{len(missing)} of {len(dataset.ids)} seed dicts missing in {cam_dir} "
                         f"(e.g. {', '.join(missing[:3])}). Write them with `python "

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import (launch_script, overwrite_parent, positive_float, refine_net_parent,
-                        script_parser)
+from utils.args import (crf_workers_parent, launch_script, overwrite_parent, positive_float,
+                        refine_net_parent, script_parser)
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = script_parser("Segmentation inference (multi-scale, CRF)",
                       refine_net_parent("segmentation", trained=True),
-                      overwrite_parent("predictions"))
+                      overwrite_parent("predictions"), crf_workers_parent())
     g = p.add_argument_group("inputs")
     g.add_argument("--split", choices=("val", "test"), default="val",
                    help="val: the dataset's validation list; test: VOC test, in the "
@@ -40,6 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="merge of the per-scale probabilities: max (the reference) or mean")
     g.add_argument("--use_crf", action="store_true",
                    help="dense CRF (preset 'seg') on the merged probabilities")
+    g.add_argument("--crf_labels", choices=("all", "present"), default="all",
+                   help="labels of the CRF: all classes (the reference) or those the "
+                        "prediction uses plus background (several times faster)")
     return p
 
 
@@ -51,7 +54,8 @@ def run(args, device, info) -> None:
     from datasets.loader import image_loader
     from datasets.wsss import WSSSDataset, build_transform
     from engine.common import pending_outputs
-    from engine.segmentation import predict
+    from engine.pool import WorkPool, default_workers, limit_torch_threads
+    from engine.segmentation import LabelPngWriter, predict
     from models import compile_network
     from models.refine import default_backbone, find_trained_weights, load_segmentation_net
     from utils.crf import crf_available
@@ -60,7 +64,6 @@ def run(args, device, info) -> None:
     from utils.lists import read_id_list
     from utils.manifest import file_fingerprint, producer
     from utils.runtime import autocast_context
-    from utils.vis import save_label_png
 
     if args.use_crf and not crf_available():
         raise UserError("--use_crf needs the dense CRF package: pip install pydensecrf2")
@@ -79,10 +82,16 @@ def run(args, device, info) -> None:
     autocast_context(device, args.amp)
     dataset = WSSSDataset(lay, read_id_list(list_path), build_transform("infer"),
                           return_id=True, require_labels=not test)   # test images: no labels
+    workers = (args.crf_workers if args.crf_workers is not None
+               else default_workers(args.num_workers) if args.use_crf else 0)
+    pool = WorkPool(workers)        # forked before the network exists
+    limit_torch_threads(workers, device.type)
     net = load_segmentation_net(backbone, weights, lay.num_classes + 1, device=device)
     net = compile_network(net) if args.compile else net
     made_by = producer(file_fingerprint(weights), backbone=backbone, scales=args.scales,
-                       flip=args.flip, merge=args.merge, crf=args.use_crf, amp=args.amp)
+                       flip=args.flip, merge=args.merge, crf=args.use_crf, amp=args.amp,
+                       **({"crf_labels": "present"}
+                          if args.use_crf and args.crf_labels == "present" else {}))
     mine, todo = pending_outputs(out_dir, made_by, dataset.ids, args.overwrite, info)
     if info.is_main:
         print(f"{len(dataset)} images in {list_path}; weights {weights}; scales "
@@ -90,10 +99,10 @@ def run(args, device, info) -> None:
               f"{', CRF' if args.use_crf else ''}; {len(mine) - len(todo)} of this "
               f"process's {len(mine)} already done")
     loader = image_loader(dataset, todo, args.num_workers, device)
-    n = predict(net, loader, device,
-                lambda i, labels: save_label_png(os.path.join(out_dir, i + ".png"), labels),
-                args.scales, args.flip, args.merge, args.use_crf, lay.image_path, args.amp,
-                progress=info.is_main)
+    with pool:
+        n = predict(net, loader, device, LabelPngWriter(out_dir), args.scales, args.flip,
+                    args.merge, args.use_crf, lay.image_path, args.amp,
+                    progress=info.is_main, crf_labels=args.crf_labels, submit=pool.submit)
     barrier(info)
     if not info.is_main:
         return

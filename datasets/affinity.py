@@ -12,7 +12,8 @@ backbones) into the label map ``y`` (0 background, 1..n the dict's channels, 255
 (S/stride) int64)``; the pair labels of section 12.3 are made from ``y`` batch-wise in the
 training loop.
 
-The score dicts are read through ``utils.io.load_npy_dict`` (no code runs from them); a
+The score dicts (PSA's ``.npy`` or the compact ``.sdz``) are read through
+``utils.scorefile.load_score_dict`` (no code runs from them); a
 missing dict for a listed id is reported up front, with the command that writes them.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from datasets.layout import Layout
 from datasets.wsss import load_image
 from utils.affinity import affinity_label_map, crop_window
 from utils.errors import UserError, describe_missing
-from utils.io import load_npy_dict
+from utils.scorefile import load_score_dict, score_file
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).reshape(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).reshape(3, 1, 1)
@@ -43,14 +44,15 @@ def normalise(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def read_score_dict(path: str) -> torch.Tensor:
-    """A PSA score dict ``{0: background, k + 1: class k}`` as a (n+1) x H x W float32
-    tensor, channels in ascending key order."""
-    d = load_npy_dict(path)
+    """A PSA score dict ``{0: background, k + 1: class k}`` (either file format) as a
+    (n+1) x H x W float32 tensor, channels in ascending key order."""
+    d = load_score_dict(path)
     return torch.from_numpy(np.stack([np.asarray(d[k], np.float32) for k in sorted(d)]))
 
 
 class AffinityDataset(Dataset):
-    """Images of ``ids`` with their score dicts in ``la_dir`` / ``ha_dir`` (``<id>.npy``).
+    """Images of ``ids`` with their score dicts in ``la_dir`` / ``ha_dir`` (``<id>.npy`` or
+    ``<id>.sdz``).
 
     ``crop`` is the window side S (448 in the reference; a multiple of ``stride``, the
     network's output stride). Randomness comes from Python's ``random`` (crop, flip) and
@@ -62,8 +64,8 @@ class AffinityDataset(Dataset):
             raise UserError(f"--crop_size {crop} is not a multiple of the network's stride "
                             f"{stride}")
         self.layout, self.ids, self.crop, self.stride = lay, list(ids), crop, stride
-        self.la = [os.path.join(la_dir, i + ".npy") for i in self.ids]
-        self.ha = [os.path.join(ha_dir, i + ".npy") for i in self.ids]
+        self.la = [score_file(la_dir, i) for i in self.ids]
+        self.ha = [score_file(ha_dir, i) for i in self.ids]
         for what, paths, d in (("low-alpha", self.la, la_dir), ("high-alpha", self.ha, ha_dir)):
             missing = [p for p in paths if not os.path.isfile(p)]
             if missing:

@@ -17,6 +17,7 @@ from utils.affinity import (affinity_labels, affinity_loss, random_walk, rw_back
                             sparse_affinity)
 from utils.dist import DistInfo, all_reduce_sum
 from utils.io import load_cam_dict
+from utils.scorefile import score_file
 from utils.runtime import autocast_context
 
 LOSS_NAMES = ("bg", "fg", "neg", "total")
@@ -65,14 +66,14 @@ def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarra
     """Pseudo masks of every ``(image, label, id)`` of ``loader`` (native sizes, batch 1;
     SPEC_REFINE 14): AffinityNet on the image padded to its stride (``net.stride``), the
     transition of its affinities, the walk of background + the seed dict's classes
-    (``cam_dir/<id>.npy``); the label map (uint8: 0 background, k + 1 class k) goes to
+    (``cam_dir/<id>.npy`` or ``.sdz``); the label map (uint8: 0 background, k + 1 class k) goes to
     ``write(id, labels)``. The walk runs in
     float32 (or the network's float64). Returns the count."""
     net.eval()
     n = 0
     for image, _, image_id in tqdm(loader, desc="random walk", unit="img", dynamic_ncols=True,
                                    disable=not progress):
-        cams = load_cam_dict(os.path.join(cam_dir, image_id + ".npy"))
+        cams = load_cam_dict(score_file(cam_dir, image_id))
         H, W = image.shape[-2:]
         stride = net.stride
         x = pad_to_stride(image[None].to(device, non_blocking=True), stride)
@@ -84,7 +85,7 @@ def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarra
             v = torch.from_numpy(np.stack([cams[k] for k in keys])).to(device, dtype)
             if v.shape[-2:] != (H, W):
                 from utils.errors import UserError
-                raise UserError(f"{cam_dir}/{image_id}.npy holds {tuple(v.shape[-2:])} maps "
+                raise UserError(f"{score_file(cam_dir, image_id)} holds {tuple(v.shape[-2:])} maps "
                                 f"for a {H}x{W} image: the seeds belong to another dataset")
         else:
             v = torch.zeros(0, H, W, dtype=dtype, device=device)

@@ -4,7 +4,7 @@ values; ``train_PCSS.py`` and ``infer_PCSS.py`` wire them together."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,6 +21,7 @@ from utils.frequency import FrequencyInfluence
 from utils.io import save_cam_dict
 from utils.manifest import claim_folder, producer
 from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
+from utils.scorefile import CAM_SCALE, CRF_SCALE, FORMATS, save_score_dict, score_file
 from utils.runtime import autocast_context
 from utils.vis import cam_panel, save_jpeg, save_label_png
 
@@ -107,18 +108,34 @@ def dict_writer(out_dir: str) -> Callable[[str, Dict[int, np.ndarray]], None]:
     return lambda image_id, cams: save_cam_dict(os.path.join(out_dir, f"{image_id}.npy"), cams)
 
 
-_EXT = {"dict": ".npy", "png": ".png", "vis": ".jpg", "crf": ".npy", "crf_png": ".png"}
+def seeds_from_dicts(dict_dir: str, ids: Sequence[str],
+                     write: Callable[[str, Dict[int, np.ndarray]], None],
+                     progress: bool = True, desc: str = "seeds from dict/") -> int:
+    """``generate_seeds`` without the network: the CAM dicts of ``ids`` read back from
+    ``dict_dir`` handed to ``write(id, cams)``. Returns the count."""
+    from utils.io import load_cam_dict
+
+    for image_id in tqdm(ids, desc=desc, unit="img", dynamic_ncols=True, disable=not progress):
+        write(image_id, load_cam_dict(score_file(dict_dir, image_id)))
+    return len(ids)
+
+
+_EXT = {"png": ".png", "vis": ".jpg", "crf_png": ".png"}
+_SCALE = {"dict": CAM_SCALE, "crf": CRF_SCALE}
 
 
 @dataclass
 class SeedWriter:
     """The ``generate_seeds`` writer of ``infer_PCSS.py``: every asked-for output of an
     image. ``folders`` maps an output kind to its folder; kinds are ``"dict"``, ``"png"``,
-    ``"vis"`` and, per CRF alpha a, ``("crf", a)`` (PSA score dicts) and ``("crf_png", a)``."""
+    ``"vis"`` and, per CRF alpha a, ``("crf", a)`` (PSA score dicts) and ``("crf_png", a)``.
+    ``formats`` gives the file format (``utils.scorefile.FORMATS``) of the "dict" and "crf"
+    kinds."""
     folders: Dict[Union[str, Tuple[str, float]], str]
     threshold: float                       # background score of the "png" pseudo labels
     class_names: Sequence[str]
     image_path: Callable[[str], str]       # id -> RGB image file (CRF, overlays, sizes)
+    formats: Dict[str, str] = field(default_factory=lambda: {"dict": "psa", "crf": "compact"})
 
     @classmethod
     def plan(cls, exp_dir: str, dict: bool = True, png: bool = False, vis: bool = False,
@@ -135,23 +152,31 @@ class SeedWriter:
         kind = next(k for k, d in self.folders.items() if d == folder)
         return kind[0] if isinstance(kind, tuple) else kind
 
-    def extensions(self, folder: str) -> Tuple[str]:
-        return (_EXT[self._kind(folder)],)
+    def _ext(self, kind: str) -> str:
+        return FORMATS[self.formats[kind]] if kind in _SCALE else _EXT[kind]
+
+    def extensions(self, folder: str) -> Tuple[str, ...]:
+        kind = self._kind(folder)
+        return tuple(FORMATS.values()) if kind in _SCALE else (_EXT[kind],)
 
     def producers(self, weights: dict, **settings) -> Dict[str, dict]:
         """Each folder's manifest record: the weights and the settings its outputs depend
-        on (the threshold for png, the alpha for CRF folders)."""
+        on (the threshold for png, the alpha for CRF folders, the file format when it is
+        not PSA's)."""
         out = {}
         for kind, folder in self.folders.items():
             extra = {"threshold": self.threshold} if kind == "png" else {}
             if isinstance(kind, tuple):
                 extra = {"alpha": kind[1]}
+            name = kind[0] if isinstance(kind, tuple) else kind
+            if self.formats.get(name, "psa") != "psa":
+                extra["format"] = self.formats[name]
             out[folder] = producer(weights, **settings, **extra)
         return out
 
     def paths(self, image_id: str) -> Dict[Union[str, Tuple[str, float]], str]:
-        return {kind: os.path.join(d, image_id + _EXT[kind[0] if isinstance(kind, tuple)
-                                                         else kind])
+        return {kind: os.path.join(d, image_id + self._ext(kind[0] if isinstance(kind, tuple)
+                                                          else kind))
                 for kind, d in self.folders.items()}
 
     def done(self, image_id: str) -> bool:
@@ -167,13 +192,14 @@ class SeedWriter:
             if isinstance(kind, tuple) and kind[1] not in crf:
                 crf[kind[1]] = crf_score_dict(rgb, cams, kind[1])
             if kind == "dict":
-                save_cam_dict(path, cams)
+                save_score_dict(path, cams, self.formats["dict"], CAM_SCALE)
             elif kind == "png":
                 save_label_png(path, pseudo_label(cams, self.threshold, shape))
             elif kind == "vis":
                 save_jpeg(path, cam_panel(rgb, cams, self.class_names))
             elif kind[0] == "crf":
-                save_cam_dict(path, crf[kind[1]])
+                save_score_dict(path, crf[kind[1]], self.formats["crf"], CRF_SCALE,
+                                dither=True)
             else:
                 save_label_png(path, score_dict_label(crf[kind[1]]))
 

@@ -240,3 +240,23 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         sys.exit(0)
     del args.print_args
     return args
+
+
+def crf_workers_parent() -> argparse.ArgumentParser:
+    """``--crf_workers``: the processes that solve the dense CRF (and write the files)
+    while the network runs on."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--crf_workers", type=non_negative_int, default=None, metavar="N",
+                   help="worker processes for the dense CRF and file writing, beside the "
+                        "network; outputs are the same for every N. 0: in the main process. "
+                        "Default: this process's share of the cores less one for itself and "
+                        "one per --num_workers (at least 1)")
+    return p
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of a count that may be 0 (worker processes)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value

@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 
 from utils.errors import UserError, describe_missing
-from utils.io import load_cam_dict, load_npy_dict, read_label_png
+from utils.io import load_cam_dict, read_label_png
+from utils.scorefile import FORMATS, load_score_dict, score_file
 from utils.pseudo import score_dict_label
 
 IGNORE = 255
@@ -89,10 +90,11 @@ def _pairs(pred_dir: str, ext: str, gt_dir: str, names: Sequence[str],
     names = [str(n) for n in names]
     if not names:
         raise UserError("the image list is empty: nothing to evaluate")
-    preds = [os.path.join(pred_dir, n + ext) for n in names]
+    preds = [score_file(pred_dir, n) if ext in FORMATS.values() else
+             os.path.join(pred_dir, n + ext) for n in names]
     gts = (list(gt_files) if gt_files is not None
            else [os.path.join(gt_dir, n + ".png") for n in names])
-    what = "CAM dicts" if ext == ".npy" else "prediction PNGs"
+    what = "CAM dicts" if ext in FORMATS.values() else "prediction PNGs"
     _check_files(preds, f"{what} in {pred_dir}", hint)
     _check_files(gts, f"ground-truth PNGs in {gt_dir or 'the dataset'}",
                  "Check --gt_dir / --data-path.")
@@ -181,9 +183,9 @@ def label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.nd
 
 def read_prediction(path: str) -> np.ndarray:
     """An index prediction: a label PNG, or a PSA score dict ``{0: bg, k + 1: class k}``
-    (``.npy``, e.g. ``crf/<alpha>/``) turned into its labels (highest key wins)."""
-    if path.endswith(".npy"):
-        return score_dict_label({int(k): v for k, v in load_npy_dict(path).items()})
+    (``.npy`` or ``.sdz``, e.g. ``crf/<alpha>/``) turned into its labels (highest key wins)."""
+    if path.endswith(tuple(FORMATS.values())):
+        return score_dict_label(load_score_dict(path))
     return read_label_png(path)
 
 
@@ -191,7 +193,7 @@ def png_confusion(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes:
                   workers: Optional[int] = None, progress: bool = False,
                   gt_files: Optional[Sequence[str]] = None, ext: str = ".png") -> np.ndarray:
     """(K, K) confusion counts of index predictions (``ext`` ".png" label images, or ".npy"
-    PSA score dicts) summed over ``names``."""
+    score dicts, either format) summed over ``names``."""
     preds, gts = _pairs(pred_dir, ext, gt_dir, names, gt_files,
                         "Run the stage that writes them first (infer_PCSS.py --png / --crf, "
                         "infer_aff.py, infer_seg.py), or point --dict_dir at the right folder.")

@@ -63,8 +63,11 @@ def load_npy_dict(path: str) -> dict:
 
 
 def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
-    """Read a CAM dict saved with ``np.save`` (keys: 0-based class indices)."""
-    return {int(k): np.asarray(v) for k, v in load_npy_dict(path).items()}
+    """Read a CAM or score dict, saved with ``np.save`` (PSA's format) or in the compact
+    format (``utils.scorefile``); keys are 0-based class indices."""
+    from utils.scorefile import load_score_dict   # it builds on this module
+
+    return load_score_dict(path)
 
 
 @contextlib.contextmanager

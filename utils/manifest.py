@@ -55,6 +55,12 @@ def _identity(p: Dict[str, object]):
     return ident(p.get("weights")), json.dumps(p.get("settings"), sort_keys=True)
 
 
+def same_producer(manifest: Optional[Dict[str, object]], made_by: Dict[str, object]) -> bool:
+    """Whether ``manifest`` (``read_manifest``'s, or None) records the weights and settings
+    of ``made_by``."""
+    return bool(manifest) and _identity(manifest) == _identity(made_by)
+
+
 def read_manifest(folder: str) -> Optional[Dict[str, object]]:
     """The manifest of ``folder`` (None when it has none or it is unreadable)."""
     try:
