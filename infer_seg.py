@@ -57,7 +57,7 @@ def run(args, device, info) -> None:
     from utils.choices import backbone_folder
     from utils.crf import crf_available
     from utils.dist import barrier
-    from utils.errors import UserError
+    from utils.errors import UserError, resolve_run_folder
     from utils.lists import read_id_list
     from utils.manifest import file_fingerprint, producer
     from utils.runtime import autocast_context
@@ -76,9 +76,9 @@ def run(args, device, info) -> None:
     list_path = args.infer_list or (os.path.join(lay.root, "ImageSets", "Segmentation",
                                                  "test.txt") if test else lay.seg_val_list)
     results = backbone_folder("results", backbone)   # other backbones' outputs kept apart
-    out_dir = args.out or (os.path.join(exp, results, "VOC2012", "Segmentation",
-                                        "comp6_test_cls") if test
-                           else os.path.join(exp, backbone_folder("seg", backbone)))
+    out_dir = resolve_run_folder(
+        exp, args.out, os.path.join(results, "VOC2012", "Segmentation", "comp6_test_cls")
+        if test else backbone_folder("seg", backbone), "--out", "", "", must_exist=False)
     autocast_context(device, args.amp)
     dataset = WSSSDataset(lay, read_id_list(list_path), build_transform("infer"),
                           return_id=True, require_labels=not test)   # test images: no labels

@@ -64,7 +64,7 @@ def run(args, device, info) -> None:
                                default_backbone, resolve_init_weights, trained_weights_path)
     from utils.args import check_training_length
     from utils.checkpoint import claim_run, save_training_state, start_training
-    from utils.errors import require_folder
+    from utils.errors import resolve_run_folder
     from utils.lists import read_id_list
     from utils.logger import RunLog
     from utils.optim import PolySGD
@@ -78,11 +78,11 @@ def run(args, device, info) -> None:
     exp = os.path.join("experiment", args.name)
     final = trained_weights_path(exp, "affinity", args.backbone)     # what infer_aff.py loads
     out_dir = os.path.dirname(final)
-    la_dir = args.la_crf_dir or os.path.join(exp, "crf", "1")
-    ha_dir = args.ha_crf_dir or os.path.join(exp, "crf", "12")
-    for d, flag in ((la_dir, "--la_crf_dir"), (ha_dir, "--ha_crf_dir")):
-        require_folder(d, "CRF score dicts", f"`python infer_PCSS.py --name {args.name} "
-                       f"--load_epo E --crf --alphas 1 12` (for the training list)", flag)
+    la_dir, ha_dir = (resolve_run_folder(
+        exp, value, os.path.join("crf", alpha), flag, "CRF score dicts",
+        f"`python infer_PCSS.py --name {args.name} --load_epo E --crf --alphas 1 12` (for "
+        f"the training list)") for value, alpha, flag in (
+            (args.la_crf_dir, "1", "--la_crf_dir"), (args.ha_crf_dir, "12", "--ha_crf_dir")))
     autocast_context(device, args.amp)
     weights = resolve_init_weights(args.backbone, args.weights, "affinity")
     train_list = args.train_list or lay.train_list

@@ -67,7 +67,7 @@ def run(args, device, info) -> None:
     from utils.args import check_training_length
     from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.dist import shard
-    from utils.errors import UserError, require_folder
+    from utils.errors import UserError, resolve_run_folder
     from utils.lists import read_id_list
     from utils.logger import RunLog
     from utils.optim import PolySGD
@@ -82,7 +82,9 @@ def run(args, device, info) -> None:
     exp = os.path.join("experiment", args.name)
     final = trained_weights_path(exp, "segmentation", args.backbone)  # what infer_seg.py loads
     out_dir = os.path.dirname(final)
-    mask_dir = args.seg_pgt_path or os.path.join(exp, "rw")
+    mask_dir = resolve_run_folder(exp, args.seg_pgt_path, "rw", "--seg_pgt_path",
+                                  "pseudo masks", f"`python infer_aff.py --name {args.name}` "
+                                  f"for the training list")
     gt_dirs = {os.path.realpath(lay.gt_dir(i)) for i in ("train", "val")}
     gt_dirs |= {os.path.realpath(os.path.join(lay.root, d))
                 for d in ("SegmentationClass", "SegmentationClassAug")}
@@ -91,9 +93,6 @@ def run(args, device, info) -> None:
                         f"on it is fully supervised, not weakly supervised, and its scores "
                         f"would be meaningless here. Train on the pseudo masks of infer_aff.py "
                         f"(experiment/<name>/rw).")
-    require_folder(mask_dir, "pseudo masks",
-                   f"`python infer_aff.py --name {args.name}` for the training list",
-                   "--seg_pgt_path")
     autocast_context(device, args.amp)
     weights = resolve_init_weights(args.backbone, args.weights, "segmentation")
     train_list = args.train_list or lay.train_list
