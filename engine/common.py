@@ -40,7 +40,8 @@ def stop_if_not_finite(loss: torch.Tensor, what: str, where: Union[str, Callable
     back = (f"the last good state is {last_good} (--resume continues from it)"
             if last_good and os.path.isfile(last_good) else
             "no checkpoint was written before it")
-    raise NonFiniteLoss(f"{what} became {float(loss)} {where}. Training stopped; {back}. {hint}")
+    raise NonFiniteLoss(f"{what} became {float(loss.detach())} {where}. Training stopped; "
+                         f"{back}. {hint}")
 
 
 def divergence_hint(amp: str) -> str:

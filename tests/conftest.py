@@ -21,3 +21,7 @@ def shared_fixture():
             pytest.skip(f"reference fixture {path} not present (../shared beside the checkout)")
         return path
     return get
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~10 s (deselect with -m 'not slow')")
