@@ -105,9 +105,19 @@ def units(words: List[str], lists: Dict[str, int]) -> Tuple[int, str]:
     return lists["train_aug"] + lists["val"], "image"
 
 
-def folder_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
-               for f in files)
+def snapshot(path: str) -> Dict[str, Tuple[int, int]]:
+    """``{file: (size, mtime in ns)}`` under ``path``."""
+    out = {}
+    for d, _, files in os.walk(path):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.join(d, f)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def bytes_written(before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]]) -> int:
+    """The size of the files new or rewritten between two ``snapshot``s."""
+    return sum(size for f, (size, t) in after.items() if before.get(f, (None, None))[1] != t)
 
 
 def run_command(words: List[str], cwd: str) -> Tuple[int, float, float, str]:
@@ -192,24 +202,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="one image per split and one network per stage (the test's form)")
     p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    p.add_argument("--setup-only", action="store_true",
+                   help="only write the folder and the weights into --work (what the "
+                        "rehearsal runs first, in a process of its own, so that its own memory "
+                        "does not count in the commands' peaks)")
     return p
 
 
-def main(args) -> List[dict]:
-    """Build the folder and the weights, run the commands, print the table. Returns one
-    record per command; exits with the failing command's code."""
+def setup(work: str, quick: bool) -> None:
+    """The synthetic VOC folder and the weight files in ``work``."""
     from datasets.voc_like import make_voc_like
 
+    ids = make_voc_like(os.path.join(work, VOC), QUICK_SPLITS if quick else SPLITS)
+    sizes = write_weights(os.path.join(work, "pretrained"))
+    print(f"{VOC}: " + ", ".join(f"{k} {len(v)}" for k, v in ids.items()) + " images at VOC "
+          f"sizes; weights " + ", ".join(f"{k} ({v / 2**20:.0f} MB)" for k, v in sizes.items()))
+
+
+def main(args) -> List[dict]:
+    """Build the folder and the weights (in a process of their own), run the commands, print
+    the table. Returns one record per command; exits naming the failing command."""
     t_start = time.time()
+    if args.setup_only:
+        return setup(args.work, args.quick)
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
+    print(f"rehearsal in {args.work}", flush=True)
+    code, seconds, _, out = run_command(
+        ["python", "-m", "bench.rehearsal", "--setup-only", "--work", args.work]
+        + (["--quick"] if args.quick else []), ROOT)
+    print(out.strip().splitlines()[-1] if code == 0 else out, flush=True)
+    if code != 0:
+        sys.exit(f"rehearsal: the setup failed (exit {code})")
     splits = QUICK_SPLITS if args.quick else SPLITS
-    ids = make_voc_like(os.path.join(args.work, VOC), splits)
-    lists = {"train": len(ids["train"]), "train_aug": len(ids["train"]) + len(ids["aug"]),
-             "val": len(ids["val"]), "test": len(ids["test"])}
-    sizes = write_weights(os.path.join(args.work, "pretrained"))
-    print(f"rehearsal in {args.work}: {VOC} with {lists} images at VOC sizes; weights "
-          + ", ".join(f"{k} ({v / 2**20:.0f} MB)" for k, v in sizes.items()), flush=True)
+    lists = {"train": splits["train"], "train_aug": splits["train"] + splits["aug"],
+             "val": splits["val"], "test": splits["test"]}
     commands = readme_voc_commands(args.readme)
     if args.quick:
         commands = [c for c in commands if not any(s in c for s in QUICK_SKIP)]
@@ -219,9 +246,9 @@ def main(args) -> List[dict]:
         shown = " ".join(shlex.quote(w) for w in words)
         print(f"\n$ {shown}" + (f"    # reduced: {', '.join(changes)}" if changes else ""),
               flush=True)
-        before = folder_bytes(os.path.join(args.work, "experiment"))
+        before = snapshot(args.work)
         code, seconds, peak_mb, out = run_command(words, args.work)
-        written = folder_bytes(os.path.join(args.work, "experiment")) - before
+        written = bytes_written(before, snapshot(args.work))
         n, unit = units(words, lists)
         tail = "\n".join(out.strip().splitlines()[-3:])
         print(tail, flush=True)
