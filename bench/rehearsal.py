@@ -18,7 +18,8 @@ Per command it prints the wall time per image or training step, the peak memory 
 set of the process) and the bytes written per image, and a table at the end.
 
     python -m bench.rehearsal                      # ~10 minutes on 2 CPU cores
-    python -m bench.rehearsal --quick              # fewer images and commands (the test)
+    python -m bench.rehearsal --quick              # the test's form: one image per split at
+                                                   # half the VOC sizes, one net per stage
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC = "data/VOC2012"
 SPLITS = {"train": 1, "aug": 2, "val": 1, "test": 1}
 QUICK_SPLITS = {"train": 1, "aug": 1, "val": 1, "test": 1}
+QUICK_SCALE = 0.5      # --quick: images at half the VOC sizes (250x188, 188x250, ...)
 # the reductions: training length only (flag -> value), per script
 REDUCE = {"train_PCSS.py": {"--epochs": "1", "--batch_size": "2"},
           "train_aff.py": {"--max_epoches": "1", "--batch_size": "1"},
@@ -200,7 +202,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=os.path.join(ROOT, "experiment", "rehearsal"),
                    help="working folder (emptied first): data/VOC2012, pretrained/, experiment/")
     p.add_argument("--quick", action="store_true",
-                   help="one image per split and one network per stage (the test's form)")
+                   help="the test's form: one image per split at half the VOC sizes, one "
+                        "network per stage")
     p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
     p.add_argument("--setup-only", action="store_true",
                    help="only write the folder and the weights into --work (what the "
@@ -213,7 +216,8 @@ def setup(work: str, quick: bool) -> None:
     """The synthetic VOC folder and the weight files in ``work``."""
     from datasets.voc_like import make_voc_like
 
-    ids = make_voc_like(os.path.join(work, VOC), QUICK_SPLITS if quick else SPLITS)
+    ids = make_voc_like(os.path.join(work, VOC), QUICK_SPLITS if quick else SPLITS,
+                        scale=QUICK_SCALE if quick else 1.0)
     sizes = write_weights(os.path.join(work, "pretrained"))
     print(f"{VOC}: " + ", ".join(f"{k} {len(v)}" for k, v in ids.items()) + " images at VOC "
           f"sizes; weights " + ", ".join(f"{k} ({v / 2**20:.0f} MB)" for k, v in sizes.items()))

@@ -61,11 +61,13 @@ def annotation_xml(image_id: str, width: int, height: int,
     return "\n".join(parts) + "\n</annotation>\n"
 
 
-def make_voc_like(out: str, splits: Dict[str, int], seed: int = 0) -> Dict[str, List[str]]:
+def make_voc_like(out: str, splits: Dict[str, int], seed: int = 0, scale: float = 1.0
+                  ) -> Dict[str, List[str]]:
     """Write a VOC2012-shaped folder to ``out`` with ``splits["train"]`` train ids (masks in
     both mask folders), ``splits["aug"]`` further SBD-only ids (``SegmentationClassAug``
     alone), ``splits["val"]`` val ids and ``splits["test"]`` test images (no mask, no
-    annotation). Image sizes cycle through ``VOC_SIZES``. Returns the ids of each split."""
+    annotation). Image sizes cycle through ``VOC_SIZES`` (times ``scale``). Returns the ids
+    of each split."""
     rng = np.random.default_rng(seed)
     for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug",
                 os.path.join("ImageSets", "Segmentation")):
@@ -76,7 +78,7 @@ def make_voc_like(out: str, splits: Dict[str, int], seed: int = 0) -> Dict[str, 
         ids[split] = []
         for _ in range(splits.get(split, 0)):
             image_id = f"{2007 + n % 5}_{n:06d}"
-            width, height = VOC_SIZES[n % len(VOC_SIZES)]
+            width, height = (round(v * scale) for v in VOC_SIZES[n % len(VOC_SIZES)])
             n += 1
             image, mask, objects = voc_like_sample(rng, width, height)
             Image.fromarray(image).save(os.path.join(out, "JPEGImages", image_id + ".jpg"),
