@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench.rehearsal import readme_voc_commands, reduce_command
+from utils.lists import read_id_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -46,3 +48,35 @@ def test_rehearsal_runs_the_readme_commands(tmp_path):
     assert (exp / "pcss_voc" / "segnet" / "seg_net.pth").is_file()
     log = (exp / "pcss_voc" / "train.log").read_text()
     assert "  finetune: pretrained/deit_small_patch16_224-cd65a155.pth" in log
+
+
+def test_the_voc_like_folder_has_voc_geometry_and_prepares(tmp_path):
+    from PIL import Image
+
+    from datasets.layout import layout
+    from datasets.prepare import prepare_voc
+    from datasets.segmentation import SegTrainDataset
+    from datasets.voc_like import VOC_SIZES, make_voc_like
+    from utils.errors import UserError
+    from utils.io import read_label_png
+    from utils.vis import save_label_png
+
+    root = str(tmp_path / "VOC2012")
+    ids = make_voc_like(root, {"train": 2, "aug": 2, "val": 1, "test": 1})
+    prepare_voc(root, report=lambda msg: None)
+    lay = layout("VOC12", root)
+    assert read_id_list(lay.train_list) == sorted(ids["train"] + ids["aug"])
+    every = ids["train"] + ids["aug"] + ids["val"] + ids["test"]
+    for n, i in enumerate(every):
+        with Image.open(lay.image_path(i)) as im:
+            assert im.size == VOC_SIZES[n]
+    mask = read_label_png(os.path.join(root, "SegmentationClassAug", ids["aug"][0] + ".png"))
+    assert 255 in mask and 0 in mask and mask[mask != 255].max() <= 20
+    assert not os.path.isfile(os.path.join(root, "SegmentationClass", ids["aug"][0] + ".png"))
+    assert not os.path.isfile(os.path.join(root, "Annotations", ids["test"][0] + ".xml"))
+    # a pseudo mask with a class the dataset does not have: one line naming the file
+    bad = os.path.join(root, "SegmentationClassAug", ids["train"][0] + ".png")
+    save_label_png(bad, np.where(read_label_png(bad) == 0, 0, 30))
+    ds = SegTrainDataset(lay, ids["train"], os.path.join(root, "SegmentationClassAug"))
+    with pytest.raises(UserError, match=f"{ids['train'][0]}.png has class 30 but VOC12 has 20"):
+        ds[(0, 1.0)]
