@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo ablation
+.PHONY: venv test demo ablation rehearsal
 
 venv: $(STAMP)
 
@@ -21,3 +21,7 @@ demo: $(STAMP)
 
 ablation: $(STAMP)
 	$(VPY) -m demo --ablation
+
+# the README's VOC commands as printed, on a synthetic VOC-shaped folder (bench/rehearsal.py)
+rehearsal: $(STAMP)
+	$(VPY) -m bench.rehearsal

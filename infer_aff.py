@@ -61,7 +61,7 @@ def run(args, device, info) -> None:
     from models import compile_network
     from models.refine import default_backbone, find_trained_weights, load_affinity_net
     from utils.dist import barrier
-    from utils.errors import UserError
+    from utils.errors import UserError, resolve_run_folder
     from utils.manifest import file_fingerprint, producer, read_manifest
     from utils.report import best_threshold
     from utils.runtime import autocast_context
@@ -71,9 +71,11 @@ def run(args, device, info) -> None:
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
     backbone = args.backbone or default_backbone(args.data_set, "affinity")
-    weights = find_trained_weights(args.weights, exp, "affinity")
-    cam_dir = args.cam_dir or os.path.join(exp, "dict")
-    out_dir = args.out_rw or os.path.join(exp, "rw")
+    weights = find_trained_weights(args.weights, exp, "affinity", backbone)
+    cam_dir = resolve_run_folder(exp, args.cam_dir, "dict", "--cam_dir", "seed dicts",
+                                 f"`python infer_PCSS.py --name {args.name} --load_epo E "
+                                 f"--dict`")
+    out_dir = resolve_run_folder(exp, args.out_rw, "rw", "--out_rw", "", "", must_exist=False)
     list_path = args.infer_list or lay.train_list
     bg_thr = args.bg_thr if args.bg_thr is not None else best_threshold(exp, default=0.39)
     autocast_context(device, args.amp)

@@ -126,6 +126,11 @@ class SegTrainDataset(Dataset):
             raise UserError(f"{self.masks[index]} is {H}x{W} but its image "
                             f"{self.images[index]} is {image.shape[0]}x{image.shape[1]}: the "
                             f"masks belong to another dataset or list")
+        classes = mask[mask != 255]
+        if classes.size and int(classes.max()) > self.layout.num_classes:
+            raise UserError(f"{self.masks[index]} has class {int(classes.max())} but "
+                            f"{self.layout.data_set} has {self.layout.num_classes} classes + "
+                            f"background: the masks belong to another dataset")
         size = (int(W * scale), int(H * scale))
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)

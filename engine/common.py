@@ -40,7 +40,16 @@ def stop_if_not_finite(loss: torch.Tensor, what: str, where: Union[str, Callable
     back = (f"the last good state is {last_good} (--resume continues from it)"
             if last_good and os.path.isfile(last_good) else
             "no checkpoint was written before it")
-    raise NonFiniteLoss(f"{what} became {float(loss)} {where}. Training stopped; {back}. {hint}")
+    raise NonFiniteLoss(f"{what} became {float(loss.detach())} {where}. Training stopped; "
+                         f"{back}. {hint}")
+
+
+def divergence_hint(amp: str) -> str:
+    """What to try after a non-finite loss, for a run with mixed precision ``amp``: a lower
+    --lr, and a safer --amp only where there is one."""
+    safer = {"fp16": " or --amp bf16 (or none) instead of fp16",
+             "bf16": " or --amp none"}.get(amp, "")
+    return f"Try a lower --lr{safer}, and check the data."
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:

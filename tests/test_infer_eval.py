@@ -270,15 +270,53 @@ def test_evaluation_errors_are_clear(inferred):
     with open(work / "plus_one.txt", "w") as f:
         f.write("\n".join(toy_items(work).ids + ["toy_99999"]) + "\n")
     cases = [
-        (["--name", "nothing"], "prediction folder not found: experiment/nothing/dict"),
+        (["--name", "nothing"], "predictions not found: experiment/nothing/dict"),
         (["--name", "run", "--task", "crf"], "--task crf needs --dict_dir"),
         (["--name", "run", "--list", "nope.txt"], "list file not found: nope.txt"),
         (["--name", "run", "--list", "plus_one.txt"], "1 CAM dicts in experiment/run/dict "
                                                       "missing: experiment/run/dict/toy_99999.npy"),
         (["--name", "run", "--gt_dir", "empty_gt"], "6 ground-truth PNGs in empty_gt missing"),
+        (["--name", "run", "--num_classes", "3"], "the ground truth has class 4 but there are "
+                                                  "3 classes with background"),
     ]
     for args, message in cases:
         assert_clean_error(run_script("evaluation.py", *args, *EVAL, cwd=work), message)
+
+
+def test_folder_flags_resolve_in_the_run_first(evaluated):
+    """The authors' ``--dict_dir dict``: the run's folder when it is there, else the path as
+    given; neither: one line naming both places."""
+    work, _ = evaluated
+    default = json.loads((work / "out.json").read_text())
+    proc = run_script("evaluation.py", "--name", "run", "--task", "cam", "--dict_dir", "dict",
+                      "--json", "dict.json", *THRESHOLDS, *EVAL, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    named = json.loads((work / "dict.json").read_text())
+    assert named["dict_dir"] == os.path.join("experiment", "run", "dict")
+    assert named["best_miou"] == default["best_miou"]
+    proc = run_script("evaluation.py", "--name", "run", "--dict_dir", "nowhere", *EVAL, cwd=work)
+    assert_clean_error(proc, "--dict_dir nowhere is neither experiment/run/nowhere (in the "
+                             "run's folder) nor nowhere (as given)")
+
+
+@pytest.mark.parametrize("task", ["cam", "png"])
+def test_a_mask_of_another_size_is_one_line_from_the_reading_threads(inferred, task):
+    work = inferred
+    gt = work / f"gt_{task}"
+    gt.mkdir(exist_ok=True)
+    ids = toy_items(work).ids
+    for i in ids:
+        label = np.asarray(Image.open(work / "data" / "SegmentationClass" / (i + ".png")))
+        if i == ids[2]:
+            label = label[:-5]                      # 5 rows short of its image
+        Image.fromarray(label).save(gt / (i + ".png"))
+    proc = run_script("evaluation.py", "--name", "run", "--task", task, "--gt_dir", gt.name,
+                      *THRESHOLDS, *EVAL, "--num_workers", "3", cwd=work)
+    assert_clean_error(proc, f"image {ids[2]}: the ")
+    assert "but the ground truth is 91x96" in proc.stderr and f"gt_{task}/{ids[2]}.png" in proc.stderr
+    assert proc.returncode == 2
+    assert [l for l in proc.stderr.splitlines() if l.strip() and "scoring" not in l] == [
+        proc.stderr.strip().splitlines()[-1]]       # one line besides the progress bar
 
 
 def test_torchrun_splits_the_list_and_matches_one_process(inferred):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -33,8 +34,20 @@ def run_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012",
                    help="dataset root")
     if workers:
         g.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
-                       default=4, help="worker processes for loading (0: the main process)")
+                       default=default_workers(),
+                       help="worker processes for loading (0: the main process); default "
+                            "min(4, the CPU cores this process may use)")
     return p
+
+
+def default_workers(most: int = 4) -> int:
+    """``min(most, usable CPU cores)``: as many loading workers as the machine (or the
+    cores this process is bound to) has, so that PyTorch does not warn about too many."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:       # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(most, cores))
 
 
 def script_parser(description: str, *parents: argparse.ArgumentParser,
@@ -172,10 +185,13 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
 
 
 def add_training_state(group, folder: str) -> None:
-    """``--resume`` (from ``experiment/<name>/<folder>/last.pth``) and ``--no-tensorboard``:
-    the flags every training script shares."""
+    """``--resume`` (from ``experiment/<name>/<folder>/last.pth``), ``--overwrite`` (start
+    over) and ``--no-tensorboard``: the flags every training script shares."""
     group.add_argument("--resume", action="store_true",
                        help=f"continue from experiment/<name>/{folder}/last.pth")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start over in a folder that holds a training run, replacing its "
+                            "checkpoints and logs (without it, a fresh run there is refused)")
     group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
 
 

@@ -13,6 +13,7 @@ This module imports no torch (``evaluation.py`` starts fast).
 from __future__ import annotations
 
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
@@ -39,12 +40,19 @@ def cam_threshold_histogram(cams: Dict[int, np.ndarray], gt: np.ndarray, num_cla
     valid = gt != IGNORE
     g = gt[valid].astype(np.int64)
     if g.size and g.max() >= K:
-        raise ValueError(f"ground truth has class {int(g.max())} but num_classes={K}")
+        raise ValueError(f"the ground truth has class {int(g.max())} but there are {K} "
+                         f"classes with background (--num_classes)")
     if cams:
         keys = sorted(cams)
+        bad = [k for k in keys if not 0 <= k < K - 1]
+        if bad:
+            raise ValueError(f"the CAM dict has class index {bad[0]} but there are {K - 1} "
+                             f"classes (keys 0..{K - 2})")
+        shapes = {np.shape(cams[k]) for k in keys}
+        if shapes != {gt.shape}:
+            raise ValueError(f"the CAM maps are {_size(*shapes)} but the ground truth is "
+                             f"{_size(gt.shape)} (H x W)")
         stack = np.stack([np.asarray(cams[k], dtype=np.float32) for k in keys])
-        if stack.shape[1:] != gt.shape:
-            raise ValueError(f"CAM size {stack.shape[1:]} differs from ground truth {gt.shape}")
         stack = stack[:, valid]
         best = np.argmax(stack, axis=0)
         score = np.take_along_axis(stack, best[None], 0)[0]
@@ -55,6 +63,11 @@ def cam_threshold_histogram(cams: Dict[int, np.ndarray], gt: np.ndarray, num_cla
         below = np.zeros_like(g)
     flat = (g * K + cls) * (T + 1) + below
     return np.bincount(flat, minlength=K * K * (T + 1)).reshape(K, K, T + 1)
+
+
+def _size(*shapes) -> str:
+    """'375x500' (H x W) of each shape, joined by ' / '."""
+    return " / ".join("x".join(str(n) for n in shape) for shape in shapes)
 
 
 def confusions_from_histogram(hist: np.ndarray) -> np.ndarray:
@@ -99,6 +112,20 @@ def _pairs(pred_dir: str, ext: str, gt_dir: str, names: Sequence[str],
     _check_files(gts, f"ground-truth PNGs in {gt_dir or 'the dataset'}",
                  "Check --gt_dir / --data-path.")
     return preds, gts
+
+
+def _per_image(fn: Callable[[int], np.ndarray], names: Sequence[str], preds: Sequence[str],
+               gts: Sequence[str]) -> Callable[[int], np.ndarray]:
+    """``fn`` with what a file can get wrong (unreadable, another size or class count than
+    its ground truth) turned into one ``UserError`` naming the image and both files; it
+    comes back from the reading threads as it is."""
+    def one(i):
+        try:
+            return fn(i)
+        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+            raise UserError(f"image {names[i]}: {e} (prediction {preds[i]}, ground truth "
+                            f"{gts[i]})") from None
+    return one
 
 
 def _map_files(fn: Callable[[str], np.ndarray], names: Sequence[str], workers: int,
@@ -151,8 +178,8 @@ def cam_confusions(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes
         return cam_threshold_histogram(load_cam_dict(preds[i]), read_label_png(gts[i]), K,
                                        th_sorted)
 
-    hist = _map_files(one, range(len(names)), workers or _default_workers(),
-                      progress, "scoring")
+    hist = _map_files(_per_image(one, names, preds, gts), range(len(names)),
+                      workers or _default_workers(), progress, "scoring")
     conf_sorted = confusions_from_histogram(hist)
     conf = np.empty_like(conf_sorted)
     conf[order] = conf_sorted
@@ -173,11 +200,16 @@ def cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int 
 def label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, K) confusion of an index prediction against ground truth (255 ignored)."""
     if pred.shape != gt.shape:
-        raise ValueError(f"prediction size {pred.shape} differs from ground truth {gt.shape}")
+        raise ValueError(f"the prediction is {_size(pred.shape)} but the ground truth is "
+                         f"{_size(gt.shape)} (H x W)")
     valid = gt != IGNORE
     p = pred[valid].astype(np.int64)
     p = np.where(p == IGNORE, 0, p)   # unlabelled prediction pixels count as background
     K = num_classes
+    for what, labels in (("prediction", p), ("ground truth", gt[valid])):
+        if labels.size and labels.max() >= K:
+            raise ValueError(f"the {what} has class {int(labels.max())} but there are {K} "
+                             f"classes with background (--num_classes)")
     return np.bincount(gt[valid].astype(np.int64) * K + p, minlength=K * K).reshape(K, K)
 
 
@@ -201,8 +233,8 @@ def png_confusion(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes:
     def one(i):
         return label_confusion(read_prediction(preds[i]), read_label_png(gts[i]), num_classes)
 
-    return _map_files(one, range(len(names)), workers or _default_workers(), progress,
-                      "scoring")
+    return _map_files(_per_image(one, names, preds, gts), range(len(names)),
+                      workers or _default_workers(), progress, "scoring")
 
 
 def png_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,

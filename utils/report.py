@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.errors import UserError, resolve_run_folder
 
 DEFAULT_THRESHOLD = 0.45       # background score when no evaluation has been run yet
 PREDICTION_DIRS = {"cam": "dict", "png": "png"}
@@ -26,17 +26,15 @@ def best_threshold(exp_dir: str, default: float = DEFAULT_THRESHOLD) -> float:
 
 
 def prediction_dir(task: str, dict_dir: str, exp_dir: str) -> str:
-    """The folder to score: ``dict_dir`` when given, else the run's folder for ``task``."""
-    if dict_dir is None:
-        if task not in PREDICTION_DIRS:
-            raise UserError(f"--task {task} needs --dict_dir, e.g. "
-                            f"{os.path.join(exp_dir, 'crf', '1')}")
-        dict_dir = os.path.join(exp_dir, PREDICTION_DIRS[task])
-    if not os.path.isdir(dict_dir):
-        raise UserError(f"prediction folder not found: {dict_dir}. Run the stage that writes "
-                        f"it for this run first (infer_PCSS.py, infer_aff.py, infer_seg.py), "
-                        f"or pass --dict_dir.")
-    return dict_dir
+    """The folder to score: ``dict_dir`` when given (in the run's folder ``exp_dir`` when
+    there, else as given: ``utils.errors.resolve_run_folder``), else the run's folder for
+    ``task``."""
+    if dict_dir is None and task not in PREDICTION_DIRS:
+        raise UserError(f"--task {task} needs --dict_dir, e.g. crf/1 (the run's "
+                        f"{os.path.join(exp_dir, 'crf', '1')})")
+    return resolve_run_folder(exp_dir, dict_dir, PREDICTION_DIRS.get(task, ""), "--dict_dir",
+                              "predictions", "infer_PCSS.py, infer_aff.py or infer_seg.py for "
+                              "this run")
 
 
 def class_names(classes: Sequence[str], num_classes: int) -> List[str]:
