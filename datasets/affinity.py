@@ -24,12 +24,11 @@ from typing import Sequence, Tuple
 
 import numpy as np
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms
 
 from datasets.layout import Layout
-from datasets.wsss import load_image
+from datasets.wsss import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
 from utils.affinity import affinity_label_map, crop_window
 from utils.errors import UserError, describe_missing
 from utils.scorefile import load_score_dict, score_file

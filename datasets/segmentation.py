@@ -25,11 +25,10 @@ from typing import Iterator, List, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Sampler
 
 from datasets.layout import Layout
-from datasets.wsss import load_image
+from datasets.wsss import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
 from utils.errors import UserError, describe_missing
 from utils.io import read_label_png
 

@@ -29,9 +29,6 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_transform
-from timm.data.auto_augment import RandAugment, posterize
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms
 
@@ -43,6 +40,10 @@ from utils.lists import read_id_list
 MODES = ("train", "fim", "infer")
 AUGMENTS = ("timm", "light")
 REFERENCE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# timm's IMAGENET_DEFAULT_MEAN / _STD (timm.data.constants), written out: importing timm
+# costs 2.5 s, which every inference script would pay at start for two tuples
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 def _posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
@@ -52,6 +53,7 @@ def _posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs) ->
     10, which ``m9-mstd0.5`` reaches (magnitude noise clipped at 10); Pillow >= 11 raises a
     ``ValueError`` there, which would crash a run now and then.
     """
+    from timm.data.auto_augment import posterize
     if bits_to_keep <= 0:
         return Image.new(img.mode, img.size)
     return posterize(img, bits_to_keep, **kwargs)
@@ -66,6 +68,8 @@ def build_transform(mode: str, input_size: int = 224, augment: str = "timm") -> 
     if input_size <= 0:
         raise ValueError(f"input_size must be positive, not {input_size}")
     if mode == "train" and augment == "timm":
+        from timm.data import create_transform        # only here: timm takes 2.5 s to import
+        from timm.data.auto_augment import RandAugment, posterize
         transform = create_transform(input_size=input_size, is_training=True,
                                      scale=(0.6, 1.2), hflip=0.5, color_jitter=None,
                                      auto_augment=REFERENCE_AUTO_AUGMENT,
