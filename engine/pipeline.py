@@ -19,7 +19,8 @@ own command lines, the checks before any work, skipping and resuming, and the re
 - **Report** (``write_report``): ``summary.json``, ``report.md`` (mIoU per stage beside the
   literature's figures, per-class IoU, time and disk per stage) and ``figure.png``.
 
-The toy preset (``make demo``) and its reasons are ``toy_stages``.
+The toy preset (``make demo``) and the reasons for its choices are the ``toy_*`` functions
+(one section of this module).
 """
 from __future__ import annotations
 
@@ -275,20 +276,19 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
         return ns
 
     toy = preset == "toy"
-    # The toy preset (`make demo`): the choices below, and why, are in one place, toy_stages.
+    # the toy preset (`make demo`): its choices, and why, are the toy_* functions below
     common = toy_common() if toy else []
     train_list = rel(lay.train_list)
     if toy:
-        ns = add(Stage("toy_data", "datasets.toy", "data",
-                       ["--out", data_path, "--num-images", "1600", "--seed", "0"],
+        ns = add(Stage("toy_data", "datasets.toy", "data", ["--out", data_path] + toy_data(),
                        outputs=[rel(lay.label_file)]))
         n_train = int(ns.num_images * (1 - ns.val_fraction))
         plan[-1].seconds = ns.num_images * rate["toy_data"]
         plan[-1].disk = ns.num_images * 15e3
         weights = _rel(exp, "pretrain", "deit_toy.pth")
         ns = add(Stage("pretrain", "pretrain_toy.py", "train",
-                       ["--name", name, "--epochs", "10", "--num_workers", "1", "--out", weights,
-                        *data, "--device", "auto", "--seed", "0"],
+                       ["--name", name, *toy_pretraining(), "--out", weights, *data,
+                        *common],
                        deps=["toy_data"], outputs=[weights]))
         plan[-1].seconds = ns.epochs * n_train * rate["pretrain"]
         plan[-1].disk = disk["ckpt_epoch"]
@@ -301,8 +301,7 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     ns = add(Stage("seeds_train", seeds_script, "train", base,
                    deps=["toy_data", "pretrain"] if toy else [],
                    ckpt=_rel(exp, "ckpt", "last.pth")),
-             derive=(lambda ns: ["--lr", f"{5e-4 * 512 / ns.batch_size:g}"]
-                     if toy and "--lr" not in routed.get("seeds_train", []) else []))
+             derive=lambda ns: toy_schedule(ns, routed.get("seeds_train", [])) if toy else [])
     last_epoch = ns.epochs - 1
     plan[-1].outputs = [_rel(exp, "ckpt", f"{last_epoch:03d}net_trm.pth")]
     plan[-1].seconds = ns.epochs * n_train * rate["seeds_train"]
@@ -405,6 +404,21 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
 
 
 # ---------------------------------------------------------------------------- the toy preset
+def toy_data() -> List[str]:
+    """The synthetic set (``datasets/toy.py``): 1,600 images of 96 px in the VOC layout with
+    4 classes (red, green, blue, yellow) recognisable from colour and stripe frequency,
+    random blob shapes, quiet backgrounds; 80% train, 20% val. ``--toy_data.shortcut`` puts
+    the stripes of a class in some backgrounds (the frequency shortcut of ``make
+    ablation``)."""
+    return ["--num-images", "1600", "--seed", "0"]
+
+
+def toy_pretraining() -> List[str]:
+    """``pretrain_toy.py``: 10 epochs of self-supervised pre-training, saved in DeiT format:
+    the stand-in for the ImageNet DeiT-S weights of real runs (see ``toy_seed_training``)."""
+    return ["--epochs", "10"]
+
+
 def toy_common() -> List[str]:
     """Flags of every network stage on the toy set: one loading worker (the 2-core machine),
     the device, seed 0."""
@@ -429,8 +443,15 @@ def toy_seed_training(weights: str) -> List[str]:
     """
     return ["--arch", "toy", "--finetune", weights, "--freeze", "patch_embed.*",
             "blocks.[0-2].*", "--epochs", "8", "--batch_size", "32", "--warmup-epochs", "0",
-            "--augment", "light", "--W", "0.5", "0.5", "--val_start_epo", "8",
-            "--no-tensorboard"]
+            "--augment", "light", "--W", "0.5", "0.5", "--no-tensorboard"]
+
+
+def toy_schedule(ns: argparse.Namespace, user: Sequence[str]) -> List[str]:
+    """What follows from the toy seed training's batch size and epochs (unless given):
+    ``--lr`` 5e-4 * 512 / batch (AdamW at 5e-4 after the script's scaling) and no
+    validation before the last epoch."""
+    return ((["--lr", f"{5e-4 * 512 / ns.batch_size:g}"] if "--lr" not in user else [])
+            + (["--val_start_epo", str(ns.epochs)] if "--val_start_epo" not in user else []))
 
 
 def toy_affinity() -> List[str]:
@@ -492,10 +513,12 @@ def _write_ids(path: str, ids: Sequence[str]) -> None:
 
 
 def _keys(plan: List[Stage]) -> None:
-    """Each stage's key: its command line and the keys of the stages it reads from."""
+    """Each stage's key: its parsed command line (so flags given twice, or in another
+    order, or at their defaults, change nothing) and the keys of the stages it reads from."""
     keys: Dict[str, str] = {}
     for stage in plan:
-        text = json.dumps([stage.script, stage.args, [keys.get(d, "") for d in stage.deps]])
+        settings = sorted(vars(stage.ns).items()) if stage.ns is not None else stage.args
+        text = json.dumps([stage.script, settings, [keys.get(d, "") for d in stage.deps]])
         stage.key = keys[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -588,7 +611,7 @@ def check_data(lay: Layout, data_set: str, data_path: str, test: bool = False) -
 def check_device(devices, nproc: int, data_set: str) -> List[str]:
     """A requested device that is not there, or more processes than GPUs."""
     wants_cuda = any(str(d).startswith("cuda") for d in devices)
-    if not wants_cuda and nproc <= 1 and data_set == "TOY":
+    if not wants_cuda and nproc <= 1 and (data_set == "TOY" or "auto" not in devices):
         return []
     import torch
     cuda = torch.cuda.is_available()
@@ -597,7 +620,7 @@ def check_device(devices, nproc: int, data_set: str) -> List[str]:
                 f"{torch.__version__}); pass --device cpu, or run on a GPU machine"]
     if nproc > 1 and cuda and nproc > torch.cuda.device_count():
         return [f"--nproc_per_node {nproc}: only {torch.cuda.device_count()} GPU(s) here"]
-    if not cuda and data_set != "TOY":
+    if not cuda and data_set != "TOY" and "auto" in devices:
         print(f"warning: no GPU: the {data_set} stages run on the CPU (days to weeks)",
               file=sys.stderr)
     return []

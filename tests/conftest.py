@@ -21,3 +21,8 @@ def shared_fixture():
             pytest.skip(f"reference fixture {path} not present (../shared beside the checkout)")
         return path
     return get
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~10 s (e.g. a pipeline run on "
+                                       "the toy set); deselect with -m 'not slow'")
