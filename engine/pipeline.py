@@ -671,13 +671,15 @@ def outputs_intact(stage: Stage, record: dict) -> bool:
 
 
 def decide(plan: List[Stage], state: dict, parsers, redo_from: Optional[str] = None,
-           resume_training: bool = True) -> None:
+           resume_training: bool = True, replace_unknown: bool = False) -> None:
     """Set each stage's ``action`` and the ``--resume`` / ``--overwrite`` it gets:
     ``skip`` (done, same key, outputs as recorded), ``resume`` / ``continue`` (started with
     the same key and killed: training from its last.pth, inference through its own skipping
     of the images done), ``redo`` (its inputs changed, a stage it reads from is redone, or
     ``redo_from`` onwards: its old outputs are replaced), ``run`` (never started), or
-    ``run-unknown`` (a training stage whose checkpoint this pipeline did not write)."""
+    ``run-unknown`` (a training stage whose checkpoint this pipeline did not write; with
+    ``replace_unknown`` it is replaced, as are inference outputs the pipeline did not
+    record)."""
     records = state.get("stages", {})
     redone = set()
     forced = False
@@ -695,6 +697,10 @@ def decide(plan: List[Stage], state: dict, parsers, redo_from: Optional[str] = N
                 stage.extra = ["--overwrite"]
         elif not rec:
             stage.action = "run-unknown" if stage.kind == "train" and ckpt else "run"
+            if replace_unknown:
+                stage.action = "run"
+                if "--overwrite" in takes and (stage.kind == "infer" or ckpt):
+                    stage.extra = ["--overwrite"]
         elif rec.get("state") == "done" and outputs_intact(stage, rec):
             stage.action = "skip"
         else:
@@ -870,6 +876,7 @@ def draw_figure(exp: str, lay: Layout) -> None:
     from utils.vis import cam_overlay, save_panel_grid
 
     full = os.path.join(ROOT, exp)
+    lay = layout(lay.data_set, os.path.join(ROOT, lay.root), check=False)
     threshold = best_threshold(full)
     rows = []
     for i in read_id_list(os.path.join(full, "figure_ids.txt")):
@@ -913,7 +920,9 @@ def run_pipeline(name: str, data_set: str, data_path: str, preset: str, extra: S
     state = read_state(exp)
     if resume_training is None:
         resume_training = preset != "toy"
-    decide(plan, state, parsers, redo_from, resume_training)
+    # the toy run is minutes of CPU: what an earlier demo left there (without a record) is
+    # replaced; a real run's training folder the pipeline did not write is refused instead
+    decide(plan, state, parsers, redo_from, resume_training, replace_unknown=preset == "toy")
     if preset == "toy":
         data_set, data_path = "TOY", os.path.join("experiment", name, "toy")
     problems = preflight(plan, name, data_set, data_path, preset, nproc)
