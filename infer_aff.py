@@ -70,7 +70,7 @@ def run(args, device, info) -> None:
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
     backbone = args.backbone or default_backbone(args.data_set, "affinity")
-    weights = find_trained_weights(args.weights, exp, "affinity")
+    weights = find_trained_weights(args.weights, exp, "affinity", backbone)
     cam_dir = args.cam_dir or os.path.join(exp, "dict")
     out_dir = args.out_rw or os.path.join(exp, "rw")
     list_path = args.infer_list or lay.train_list

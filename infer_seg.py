@@ -54,6 +54,7 @@ def run(args, device, info) -> None:
     from engine.segmentation import predict
     from models import compile_network
     from models.refine import default_backbone, find_trained_weights, load_segmentation_net
+    from utils.choices import backbone_folder
     from utils.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError
@@ -71,11 +72,13 @@ def run(args, device, info) -> None:
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
     backbone = args.backbone or default_backbone(args.data_set, "segmentation")
-    weights = find_trained_weights(args.weights, exp, "segmentation")
+    weights = find_trained_weights(args.weights, exp, "segmentation", backbone)
     list_path = args.infer_list or (os.path.join(lay.root, "ImageSets", "Segmentation",
                                                  "test.txt") if test else lay.seg_val_list)
-    out_dir = args.out or (os.path.join(exp, "results", "VOC2012", "Segmentation",
-                                        "comp6_test_cls") if test else os.path.join(exp, "seg"))
+    results = backbone_folder("results", backbone)   # other backbones' outputs kept apart
+    out_dir = args.out or (os.path.join(exp, results, "VOC2012", "Segmentation",
+                                        "comp6_test_cls") if test
+                           else os.path.join(exp, backbone_folder("seg", backbone)))
     autocast_context(device, args.amp)
     dataset = WSSSDataset(lay, read_id_list(list_path), build_transform("infer"),
                           return_id=True, require_labels=not test)   # test images: no labels
@@ -100,7 +103,7 @@ def run(args, device, info) -> None:
     print(f"wrote {n} predictions{' on rank 0' if info.distributed else ''} to {out_dir}")
     if test:
         # exactly this list's predictions, at the server's path, whatever else the folder holds
-        archive = os.path.join(exp, "results.tar.gz")
+        archive = os.path.join(exp, results + ".tar.gz")
         os.makedirs(exp, exist_ok=True)
         tmp = archive + ".tmp"
         with tarfile.open(tmp, "w:gz") as tar:

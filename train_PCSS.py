@@ -39,7 +39,7 @@ def run(args, device, info) -> None:
     from models.checkpoint import deit_weights, freeze_parameters
     from models.pcss import PCSSConfig
     from utils.args import check_training_length, default_input_size
-    from utils.checkpoint import atomic_save, save_training_state, start_training
+    from utils.checkpoint import atomic_save, claim_run, save_training_state, start_training
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
     from utils.evaluation import default_thresholds
@@ -62,8 +62,6 @@ def run(args, device, info) -> None:
     autocast_context(device, args.amp)  # rejects --amp fp16 on CPU before any work
     out_dir = os.path.join("experiment", args.name)
     ckpt_dir = os.path.join(out_dir, "ckpt")
-    if args.resume and not os.path.isfile(os.path.join(ckpt_dir, "last.pth")):
-        raise UserError(f"--resume: no checkpoint at {ckpt_dir}/last.pth")
     depth = ARCHS[args.arch]["depth"]
     if args.mpc_block is None:
         args.mpc_block = min(round(7 * depth / 12), depth - 2)
@@ -84,6 +82,7 @@ def run(args, device, info) -> None:
               if cfg.w_fss > 0 else None)
     val_ds = build_dataset(args.data_set, args.data_path, val_list, "infer") if validating else None
 
+    claim_run(os.path.join(ckpt_dir, "last.pth"), out_dir, args.resume, args.overwrite, info)
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
     seed_everything(args.seed + info.rank)
 
@@ -113,7 +112,10 @@ def run(args, device, info) -> None:
         f"{sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters "
         f"({frozen} tensors frozen), lr {lr:.3g}, world size {info.world_size}, device "
         f"{device}, {'DeiT weights ' + finetune if finetune else 'from scratch'}",
-        model_without_ddp, optimizer, scaler, info, schedule=schedule, fim=fim)
+        model_without_ddp, optimizer, scaler, info,
+        resolved={"finetune": finetune or "none", "train_list": train_list,
+                  "val_list": val_list if validating else "none (no validation)"},
+        schedule=schedule, fim=fim)
 
     sampler = DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True,
                                  seed=args.seed, drop_last=True) if info.distributed else None

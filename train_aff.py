@@ -63,7 +63,7 @@ def run(args, device, info) -> None:
     from models.refine import (aff_recipe, affinity_stride, build_affinity_net,
                                default_backbone, resolve_init_weights, trained_weights_path)
     from utils.args import check_training_length
-    from utils.checkpoint import save_training_state, start_training
+    from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.errors import require_folder
     from utils.lists import read_id_list
     from utils.logger import RunLog
@@ -76,7 +76,7 @@ def run(args, device, info) -> None:
     args.backbone = args.backbone or default_backbone(args.data_set, "affinity")
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
-    final = trained_weights_path(exp, "affinity")     # what infer_*.py loads
+    final = trained_weights_path(exp, "affinity", args.backbone)     # what infer_aff.py loads
     out_dir = os.path.dirname(final)
     la_dir = args.la_crf_dir or os.path.join(exp, "crf", "1")
     ha_dir = args.ha_crf_dir or os.path.join(exp, "crf", "12")
@@ -94,6 +94,7 @@ def run(args, device, info) -> None:
     steps = len(dataset) // (args.batch_size * info.world_size)
     max_step = steps * args.max_epoches
 
+    claim_run(os.path.join(out_dir, "last.pth"), out_dir, args.resume, args.overwrite, info)
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
     seed_everything(args.seed + info.rank)
     net, info_w = build_affinity_net(args.backbone, radius=args.radius, weights=weights)
@@ -106,7 +107,9 @@ def run(args, device, info) -> None:
         last, log, args, f"AffinityNet ({args.backbone}, radius {args.radius}) on "
         f"{len(dataset)} images, {steps} steps per epoch, {max_step} steps; weights "
         f"{weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh tensors, "
-        f"{len(info_w['dropped'])} file tensors unused", net, optimizer, scaler, info)
+        f"{len(info_w['dropped'])} file tensors unused", net, optimizer, scaler, info,
+        resolved={"weights": weights or "none", "train_list": train_list,
+                  "la_crf_dir": la_dir, "ha_crf_dir": ha_dir})
     sampler = (DistributedSampler(dataset, info.world_size, info.rank, shuffle=True,
                                   seed=args.seed, drop_last=True) if info.distributed else None)
     loader = make_loader(dataset, args.batch_size, args.num_workers, device, shuffle=True,

@@ -65,7 +65,7 @@ def run(args, device, info) -> None:
     from models.refine import (build_segmentation_net, default_backbone, resolve_init_weights,
                                seg_optim, seg_recipe, trained_weights_path)
     from utils.args import check_training_length
-    from utils.checkpoint import save_training_state, start_training
+    from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.dist import shard
     from utils.errors import UserError, require_folder
     from utils.lists import read_id_list
@@ -80,7 +80,7 @@ def run(args, device, info) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     exp = os.path.join("experiment", args.name)
-    final = trained_weights_path(exp, "segmentation")     # what infer_*.py loads
+    final = trained_weights_path(exp, "segmentation", args.backbone)  # what infer_seg.py loads
     out_dir = os.path.dirname(final)
     mask_dir = args.seg_pgt_path or os.path.join(exp, "rw")
     gt_dirs = {os.path.realpath(lay.gt_dir(i)) for i in ("train", "val")}
@@ -104,6 +104,7 @@ def run(args, device, info) -> None:
     dataset = SegTrainDataset(lay, list(shard(ids, info))[:each], mask_dir, args.crop_size,
                               args.mask_fill)
 
+    claim_run(os.path.join(out_dir, "last.pth"), out_dir, args.resume, args.overwrite, info)
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
     seed_everything(args.seed + info.rank)
     num_classes = lay.num_classes + 1
@@ -120,7 +121,9 @@ def run(args, device, info) -> None:
         f"{num_classes} classes, {sampler.steps_per_epoch} steps per epoch x "
         f"{args.num_epochs}; weights {weights or 'none (from scratch)'}: "
         f"{len(info_w['fresh'])} fresh tensors, {len(info_w['dropped'])} file tensors unused",
-        net, optimizer, scaler, info)
+        net, optimizer, scaler, info,
+        resolved={"weights": weights or "none", "train_list": train_list,
+                  "seg_pgt_path": mask_dir})
     # the batch order is drawn from numpy's stream seeded here; a resumed run redraws it
     # from the same seed and skips the batches already done
     np.random.seed(args.seed + info.rank)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.common import optimizer_step, stop_if_not_finite
+from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
 from utils.affinity import (affinity_labels, affinity_loss, random_walk, rw_background,
                             sparse_affinity)
 from utils.dist import DistInfo, all_reduce_sum
@@ -39,7 +39,7 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int, 
             aff = model(images)
         L = affinity_loss(aff.float(), bg, fg, neg)
         stop_if_not_finite(L["total"], "the affinity loss", f"at epoch {epoch}, step {step}",
-                           last_good, "Try a lower --lr.")
+                           last_good, divergence_hint(amp))
         optimizer_step(L["total"], optimizer, scaler)
         sums[:-1] += torch.stack([L[k].detach().double() for k in LOSS_NAMES])
         sums[-1] += 1

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.wsss import load_image
-from engine.common import optimizer_step, stop_if_not_finite
+from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
 from models.pcss import PCSSConfig
 from utils.cam import cam_dict
 from utils.dist import DistInfo, all_reduce_sum, barrier
@@ -50,7 +50,7 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
         stop_if_not_finite(
             total, "the loss", lambda: f"at epoch {epoch}, step {step} (" + ", ".join(
                 f"{k}={L[k].detach().item():.4g}" for k in LOSS_NAMES) + ")", last_good,
-            "Try a lower --lr, --amp none (or bf16 instead of fp16), and check the data.")
+            divergence_hint(amp))
         optimizer_step(total, optimizer, scaler)
         batch = torch.stack([L[k].detach().double() for k in LOSS_NAMES])
         sums[:-1] += batch * images.shape[0]

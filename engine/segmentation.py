@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.wsss import load_image
-from engine.common import optimizer_step, stop_if_not_finite
+from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
 from utils.dist import DistInfo, all_reduce_sum
 from utils.runtime import autocast_context
 from utils.segmentation import seg_loss, seg_predict
@@ -38,7 +38,7 @@ def train_steps(model, loader, optimizer, device: torch.device, steps_per_epoch:
             logits = model(images)
         loss = seg_loss(logits.float(), masks, ignore_index=255)
         stop_if_not_finite(loss, "the segmentation loss", f"at step {step}", last_good,
-                           "Try a lower --lr or --amp none.")
+                           divergence_hint(amp))
         optimizer_step(loss, optimizer, scaler)
         total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64,
                                                                   device=device)])

@@ -23,7 +23,7 @@ from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.checkpoint import initial_weights, load_model_weights
 from models.deeplab import DeepLabV2
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, head_keys, load_resnet38_weights
-from utils.choices import TORCHVISION_BACKBONES, TRAINED_FILES, WEIGHT_FILES
+from utils.choices import TORCHVISION_BACKBONES, TRAINED_FILES, WEIGHT_FILES, backbone_folder
 from utils.errors import UserError
 
 Info = Dict[str, List[str]]
@@ -96,21 +96,25 @@ def _build(makers: Dict[str, Callable[[], nn.Module]], backbone: str, weights: O
     return net, {"fresh": [], "dropped": []}
 
 
-def trained_weights_path(exp_dir: str, stage: str) -> str:
+def trained_weights_path(exp_dir: str, stage: str, backbone: Optional[str] = None) -> str:
     """Where the training script of ``stage`` ("affinity" / "segmentation") writes the
-    net's state dict in the experiment folder ``exp_dir``."""
+    net's state dict in the experiment folder ``exp_dir``: ``<folder>/<file>``, in a folder
+    of its own for the backbones that live beside the default one
+    (``utils.choices.backbone_folder``)."""
     folder, file, _, _ = TRAINED_FILES[stage]
-    return os.path.join(exp_dir, folder, file)
+    return os.path.join(exp_dir, backbone_folder(folder, backbone), file)
 
 
-def find_trained_weights(value: Optional[str], exp_dir: str, stage: str) -> str:
+def find_trained_weights(value: Optional[str], exp_dir: str, stage: str,
+                         backbone: Optional[str] = None) -> str:
     """The trained ``stage`` net to load: ``value`` (``--weights``) or the file of
     ``trained_weights_path``; a ``UserError`` saying how to make it when absent."""
-    path = value or trained_weights_path(exp_dir, stage)
+    path = value or trained_weights_path(exp_dir, stage, backbone)
     if not os.path.isfile(path):
         _, _, script, example = TRAINED_FILES[stage]
+        flag = f" --backbone {backbone}" if backbone_folder("", backbone) else ""
         raise UserError(f"{stage} weights not found: {path}. Train them with `python {script} "
-                        f"--name {os.path.basename(exp_dir)}`, or pass --weights{example}.")
+                        f"--name {os.path.basename(exp_dir)}{flag}`, or pass --weights{example}.")
     return path
 
 

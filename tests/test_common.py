@@ -15,8 +15,8 @@ from models.checkpoint import initial_weights
 from models.refine import find_trained_weights, resolve_init_weights, trained_weights_path
 from utils.args import (check_training_length, overwrite_parent, positive_float,
                         refine_net_parent, script_parser, training_state_parent)
-from utils.checkpoint import save_training_state, start_training
-from utils.choices import BACKBONES, TRAINED_FILES, WEIGHT_FILES
+from utils.checkpoint import claim_run, save_training_state, start_training
+from utils.choices import BACKBONES, OWN_FOLDER_BACKBONES, TRAINED_FILES, WEIGHT_FILES
 from utils.dist import DistInfo
 from utils.errors import UserError, require_folder
 from utils.logger import RunLog
@@ -38,15 +38,21 @@ def test_refine_net_help_comes_from_the_tables_the_code_uses(stage):
     folder, file, script, _ = TRAINED_FILES[stage]
     assert f"experiment/<name>/{folder}/{file}" in flat(infer) and script in flat(infer)
     assert trained_weights_path("experiment/x", stage) == f"experiment/x/{folder}/{file}"
+    for name in BACKBONES[stage]:        # the other backbones' nets live beside the default
+        own = name in OWN_FOLDER_BACKBONES
+        assert trained_weights_path("experiment/x", stage, name) == (
+            f"experiment/x/{folder}_{name}/{file}" if own else f"experiment/x/{folder}/{file}")
 
 
 def test_script_parser_combines_the_shared_options():
-    p = script_parser("x", training_state_parent("aff"), overwrite_parent("masks"),
-                      data=("TOY", "toy"))
+    p = script_parser("x", training_state_parent("aff"), data=("TOY", "toy"))
     args = p.parse_args(["--name", "n", "--resume", "--no-tensorboard", "--overwrite"])
     assert (args.data_set, args.data_path, args.device) == ("TOY", "toy", "auto")
     assert args.resume and not args.tensorboard and args.overwrite
     assert "experiment/<name>/aff/last.pth" in " ".join(p.format_help().split())
+    assert not script_parser("y").parse_args(["--name", "n"]).__contains__("overwrite")
+    p = script_parser("y", overwrite_parent("masks"))
+    assert p.parse_args(["--name", "n", "--overwrite"]).overwrite
 
 
 def test_scales_must_be_positive_at_parse_time(capsys):
@@ -137,6 +143,49 @@ def test_start_training_heads_a_fresh_log_and_resumes_a_saved_run(tmp_path):
     assert torch.equal(net.weight, before)
     assert "resumed from" in (tmp_path / "train.log").read_text()
     assert (tmp_path / "train.log").read_text().count("arguments:") == 1
+
+
+def test_start_training_logs_the_resolved_arguments(tmp_path):
+    class Args:
+        resume = False
+        finetune = None
+
+    net = torch.nn.Linear(3, 2)
+    log = RunLog(str(tmp_path), tensorboard=False)
+    start_training(str(tmp_path / "last.pth"), log, Args(), "s", net,
+                   torch.optim.SGD(net.parameters(), lr=0.1),
+                   resolved={"finetune": "pretrained/deit.pth"})
+    text = (tmp_path / "train.log").read_text()
+    assert "  finetune: pretrained/deit.pth" in text and "finetune: None" not in text
+    assert Args.finetune is None                        # args (what last.pth keeps) as given
+
+
+def test_a_fresh_run_never_replaces_a_run(tmp_path):
+    ckpt, last = tmp_path / "ckpt", tmp_path / "ckpt" / "last.pth"
+    claim_run(str(last), str(tmp_path), resume=False, overwrite=False)   # empty: fine
+    with pytest.raises(UserError, match="no checkpoint at .*last.pth; start without --resume"):
+        claim_run(str(last), str(tmp_path), resume=True, overwrite=False)
+    ckpt.mkdir()
+    last.write_bytes(b"state")
+    (ckpt / "000net_trm.pth").write_bytes(b"epoch 0")
+    (tmp_path / "log.txt").write_text("{}\n")
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "eval_cam.json").write_text("{}")       # not the training run's: kept
+    with pytest.raises(UserError) as e:
+        claim_run(str(last), str(tmp_path), resume=False, overwrite=False)
+    msg = str(e.value)
+    assert "--resume" in msg and "--overwrite" in msg and str(last) in msg and "\n" not in msg
+    assert last.read_bytes() == b"state"                # refused: nothing touched
+    for logs_only in (False, True):                     # a log alone is a run too
+        if logs_only:
+            (tmp_path / "train.log").write_text("x")
+        with pytest.raises(UserError, match="already holds a training run"):
+            claim_run(str(tmp_path / "other" / "last.pth"), str(tmp_path), False, False)
+    claim_run(str(last), str(tmp_path), resume=True, overwrite=False)     # continues
+    with pytest.raises(UserError, match="give one"):
+        claim_run(str(last), str(tmp_path), resume=True, overwrite=True)
+    claim_run(str(last), str(tmp_path), resume=False, overwrite=True)     # starts over
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "eval_cam.json"] and not os.listdir(ckpt)
 
 
 # ------------------------------------------------------------------------ inference

@@ -84,6 +84,26 @@ def test_resume_gives_the_same_log(toy, full_run):
             assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), (a["epoch"], k)
 
 
+def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
+    ckpt = toy / "experiment" / "full" / "ckpt"
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    res = run(base_args("full", toy, 1), toy)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--resume" in res.stderr and "--overwrite" in res.stderr
+    assert "experiment/full/ckpt/last.pth" in res.stderr
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before     # unchanged
+    assert len(log_lines(toy, "full")) == 4
+    res = run(base_args("over", toy, 2), toy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run(base_args("over", toy, 1) + ["--overwrite"], toy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [l["epoch"] for l in log_lines(toy, "over")] == [0]           # started over
+    assert sorted(p.name for p in (toy / "experiment" / "over" / "ckpt").iterdir()) == [
+        "000net_trm.pth", "last.pth"]
+    text = (toy / "experiment" / "over" / "train.log").read_text()
+    assert text.count("arguments:") == 1 and "  finetune: none" in text
+
+
 def test_torchrun_two_cpu_processes(toy):
     args = base_args("ddp", toy, 4) + ["--num_workers", "1", "--fim_ipc", "4"]
     res = run(args, toy, torchrun=True, timeout=600)

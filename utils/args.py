@@ -172,10 +172,13 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
 
 
 def add_training_state(group, folder: str) -> None:
-    """``--resume`` (from ``experiment/<name>/<folder>/last.pth``) and ``--no-tensorboard``:
-    the flags every training script shares."""
+    """``--resume`` (from ``experiment/<name>/<folder>/last.pth``), ``--overwrite`` (start
+    over) and ``--no-tensorboard``: the flags every training script shares."""
     group.add_argument("--resume", action="store_true",
                        help=f"continue from experiment/<name>/{folder}/last.pth")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start over in a folder that holds a training run, replacing its "
+                            "checkpoints and logs (without it, a fresh run there is refused)")
     group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
 
 

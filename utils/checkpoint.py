@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
-from typing import Any, Dict, List
+import shutil
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from utils.dist import DistInfo
+from utils.dist import DistInfo, barrier
 from utils.errors import UserError
 
 
@@ -84,13 +85,58 @@ def resume_training(path: str, log, model, optimizer, scaler=None,
     return start
 
 
+RUN_LOGS = ("log.txt", "train.log")
+
+
+def run_files(last: str, log_dir: str) -> List[str]:
+    """The files that make a training run: the checkpoints (``*.pth``) in the folder of its
+    ``last.pth`` and the logs in ``log_dir``."""
+    ckpt_dir = os.path.dirname(last) or "."
+    found = (sorted(os.path.join(ckpt_dir, f) for f in os.listdir(ckpt_dir)
+                    if f.endswith(".pth")) if os.path.isdir(ckpt_dir) else [])
+    return found + [p for p in (os.path.join(log_dir, f) for f in RUN_LOGS)
+                    if os.path.isfile(p)]
+
+
+def claim_run(last: str, log_dir: str, resume: bool, overwrite: bool,
+              info: DistInfo = DistInfo()) -> None:
+    """Before a training script writes anything: with ``resume``, ``last`` must exist; a
+    fresh run into a folder that holds one (``run_files``) is refused with a ``UserError``
+    naming ``--resume`` and ``--overwrite``, unless ``overwrite``, which deletes that run's
+    checkpoints, logs and TensorBoard events (on the main process) so the new one starts
+    over. Every process checks; the main one deletes after they all have."""
+    if resume and overwrite:
+        raise UserError(f"--resume and --overwrite: give one (--resume continues the run of "
+                        f"{last}, --overwrite starts it over)")
+    if resume:
+        if not os.path.isfile(last):
+            raise UserError(f"--resume: no checkpoint at {last}; start without --resume")
+        return
+    found = run_files(last, log_dir)
+    if found and not overwrite:
+        more = f" and {len(found) - 1} more file(s)" if len(found) > 1 else ""
+        raise UserError(f"{log_dir} already holds a training run ({found[0]}{more}): pass "
+                        f"--resume to continue it from {last}, or --overwrite to start over "
+                        f"(replacing it), or give another --name")
+    barrier(info)
+    if found and info.is_main:
+        for path in found:
+            os.remove(path)
+        shutil.rmtree(os.path.join(log_dir, "tb"), ignore_errors=True)
+    barrier(info)
+
+
 def start_training(path: str, log, args, summary: str, model, optimizer, scaler=None,
-                   info: DistInfo = DistInfo(), **others) -> int:
+                   info: DistInfo = DistInfo(), resolved: Optional[Dict[str, Any]] = None,
+                   **others) -> int:
     """The first epoch of every training script: with ``args.resume``, ``resume_training``
-    from ``path``; else 0, after heading the log with the arguments and ``summary``."""
+    from ``path``; else 0, after heading the log with the arguments and ``summary``.
+    ``resolved`` replaces arguments in the log by what they resolved to (the weight file
+    actually loaded for a ``None`` default, the list actually read), leaving ``args`` (what
+    ``last.pth`` stores) as given."""
     if args.resume:
         return resume_training(path, log, model, optimizer, scaler, info, **others)
-    log.header(vars(args))
+    log.header({**vars(args), **(resolved or {})})
     log.text(summary)
     return 0
 

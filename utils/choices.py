@@ -54,3 +54,13 @@ TRAINED_FILES = {
     "affinity": ("aff", "aff_net.pth", "train_aff.py", " (e.g. PSA's res38_aff.pth)"),
     "segmentation": ("segnet", "seg_net.pth", "train_seg.py", ""),
 }
+
+# backbones whose trained net lives beside the default one under the same --name, in
+# <folder>_<backbone>/ (e.g. segnet_deeplabv2_r101/), its predictions too (seg_deeplabv2_r101/)
+OWN_FOLDER_BACKBONES = ("resnet50", "deeplabv2_r101")
+
+
+def backbone_folder(folder: str, backbone: str = None) -> str:
+    """``folder`` of a run (``segnet``, ``seg``, ...) for ``backbone``: ``<folder>_<backbone>``
+    for the backbones of ``OWN_FOLDER_BACKBONES``, else ``folder`` itself."""
+    return f"{folder}_{backbone}" if backbone in OWN_FOLDER_BACKBONES else folder
