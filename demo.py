@@ -54,17 +54,19 @@ def main(args) -> dict:
     from utils.pipeline import ROOT, CommandRunner
 
     step = CommandRunner()
+    defaults = get_args_parser().parse_args([])
+    # this script's flag -> the pipeline's (passed only when not at the preset's value)
+    flags = {"device": "--device", "num_images": "--toy_data.num-images",
+             "pretrain_epochs": "--pretrain.epochs", "epochs": "--seeds_train.epochs",
+             "batch_size": "--seeds_train.batch_size", "aff_epochs": "--aff_train.max_epoches",
+             "seg_epochs": "--seg_train.num_epochs", "baseline_images": "--baseline-images"}
+    changed = [w for k, flag in flags.items() if getattr(args, k) != getattr(defaults, k)
+               for w in (flag, str(getattr(args, k)))]
 
     def run(name, seed, W, until=None):
-        step(name, ["pipeline.py", "--name", name, "--preset", "toy", "--seed", str(seed),
-                    "--device", args.device, "--toy_data.num-images", str(args.num_images),
-                    "--pretrain.epochs", str(args.pretrain_epochs),
-                    "--seeds_train.epochs", str(args.epochs),
-                    "--seeds_train.batch_size", str(args.batch_size),
-                    "--seeds_train.W", *map(str, W),
-                    "--aff_train.max_epoches", str(args.aff_epochs),
-                    "--seg_train.num_epochs", str(args.seg_epochs),
-                    "--baseline-images", str(args.baseline_images)]
+        step(name, ["pipeline.py", "--name", name, "--preset", "toy", *changed]
+             + (["--seed", str(seed)] if seed != defaults.seed else [])
+             + (["--seeds_train.W", *map(str, W)] if list(W) != defaults.W else [])
              + (["--toy_data.shortcut"] if args.shortcut else [])
              + (["--until", until] if until else []))
         with open(os.path.join(ROOT, "experiment", name, "summary.json")) as f:

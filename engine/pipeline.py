@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from datasets.layout import Layout, layout
+from utils.choices import WEIGHT_FILES, backbone_folder
 from utils.errors import UserError
 from utils.lists import read_id_list
 from utils.pipeline import ROOT
@@ -276,6 +277,7 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
         return ns
 
     toy = preset == "toy"
+    default_net = "toy" if toy else "resnet38"      # of AffinityNet and the segmentation net
     # the toy preset (`make demo`): its choices, and why, are the toy_* functions below
     common = toy_common() if toy else []
     train_list = rel(lay.train_list)
@@ -335,9 +337,9 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     la, ha = crf_dirs[:1] + crf_dirs[-1:] if crf_dirs else (None, None)
     ns = add(Stage("aff_train", "train_aff.py", "train",
                    ["--name", name, "--la_crf_dir", str(la), "--ha_crf_dir", str(ha)]
-                   + (toy_affinity() if toy else []) + data + common,
-                   deps=["seeds"], outputs=[_rel(exp, "aff", "aff_net.pth")],
-                   ckpt=_rel(exp, "aff", "last.pth")))
+                   + (toy_affinity() if toy else []) + data + common, deps=["seeds"]))
+    folder = _rel(exp, backbone_folder("aff", ns.backbone or default_net))
+    plan[-1].outputs, plan[-1].ckpt = [_rel(folder, "aff_net.pth")], _rel(folder, "last.pth")
     plan[-1].seconds = (ns.max_epoches or 5) * n_infer * rate["aff_train"]
     plan[-1].disk = disk["aff"]
     masks_list = seeds_list
@@ -364,26 +366,31 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     # ---- segmentation
     ns = add(Stage("seg_train", "train_seg.py", "train",
                    ["--name", name] + (toy_segmentation() if toy else []) + data + common,
-                   deps=["rw"], outputs=[_rel(exp, "segnet", "seg_net.pth")],
-                   ckpt=_rel(exp, "segnet", "last.pth")))
+                   deps=["rw"]))
+    folder = _rel(exp, backbone_folder("segnet", ns.backbone or default_net))
+    plan[-1].outputs, plan[-1].ckpt = [_rel(folder, "seg_net.pth")], _rel(folder, "last.pth")
     plan[-1].seconds = (ns.num_epochs or 30) * n_train * rate["seg_train"]
     plan[-1].disk = disk["segnet"]
     val_list = rel(lay.seg_val_list)
     n_val = _list_length(os.path.join(ROOT, val_list)) or int(1600 * 0.2)
-    add(Stage("seg_val", "infer_seg.py", "infer",
-              ["--name", name] + (["--infer_list", val_list] if toy else ["--use_crf"])
-              + data + common, deps=["seg_train"], outputs=[_rel(exp, "seg")]))
+    ns = add(Stage("seg_val", "infer_seg.py", "infer",
+                   ["--name", name] + (["--infer_list", val_list] if toy else ["--use_crf"])
+                   + data + common, deps=["seg_train"]))
+    backbone = ns.backbone or default_net          # other backbones predict beside the default
+    seg_dir = _rel(exp, backbone_folder("seg", backbone))
+    plan[-1].outputs = [seg_dir]
     plan[-1].seconds, plan[-1].disk = n_val * rate["seg_val"], n_val * disk["png"]
     seg_json = _rel(exp, "eval_seg.json")
     add(Stage("seg_eval", "evaluation.py", "eval",
-              ["--name", name, "--task", "png", "--dict_dir", _rel(exp, "seg"), "--list",
+              ["--name", name, "--task", "png", "--dict_dir", seg_dir, "--list",
                val_list, *data, "--json", seg_json],
               deps=["seg_val"], outputs=[seg_json], result=seg_json))
     plan[-1].seconds = n_val * rate["eval"]
     figure_ids = _rel(exp, "figure_ids.txt")
     fig = Stage("figure", "infer_seg.py", "infer",
                 ["--name", name, "--infer_list", figure_ids, "--out", _rel(exp, "figure_seg"),
-                 "--num_workers", "0", *data] + (["--device", "auto", "--seed", "0"] if toy else []),
+                 "--num_workers", "0", *data]
+                + (["--device", "auto", "--seed", "0"] if toy else ["--use_crf"]),
                 deps=["seg_train", "seeds", "seeds_eval", "rw"],
                 outputs=[_rel(exp, "figure_seg"), _rel(exp, "figure.png")])
     fig.prepare = lambda: _write_ids(os.path.join(ROOT, figure_ids),
@@ -394,7 +401,8 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     if test:
         add(Stage("test", "infer_seg.py", "infer", ["--name", name, "--use_crf", "--split",
                                                     "test", *data],
-                  deps=["seg_train"], outputs=[_rel(exp, "results.tar.gz")]))
+                  deps=["seg_train"],
+                  outputs=[_rel(exp, backbone_folder("results", backbone) + ".tar.gz")]))
         plan[-1].seconds = 1456 * rate["seg_val"]
     plan = plan[:[s.name for s in plan].index(until) + 1] if until else plan
     for stage in plan:
@@ -561,7 +569,6 @@ def preflight(plan: List[Stage], name: str,
                 problems.append(f"{stage.name}: ImageNet weights {path} not found: download "
                                 f"{url} into pretrained/ (or pass --finetune PATH / none)")
         if stage.name in ("aff_train", "seg_train"):
-            from utils.choices import WEIGHT_FILES
             backbone = ns.backbone or ("toy" if data_set == "TOY" else "resnet38")
             default, where = WEIGHT_FILES.get(backbone, (None, ""))
             path = ns.weights or default

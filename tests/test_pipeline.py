@@ -78,6 +78,16 @@ def test_dry_run_prints_the_stages_commands_in_order(tmp_path, run_name):
     assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
 
 
+def test_other_backbones_train_and_predict_in_their_own_folders(tmp_path, run_name):
+    data = voc_folder(tmp_path / "VOC2012")
+    proc = pipeline("--name", run_name, "--data-path", data, "--dry-run", "--device", "cpu",
+                    "--aff.backbone", "resnet50", "--seg.backbone", "deeplabv2_r101")
+    assert proc.returncode == 0, proc.stderr
+    assert f"--dict_dir experiment/{run_name}/seg_deeplabv2_r101 " in proc.stdout
+    assert "problem: aff_train: initial weights pretrained/resnet50-0676ba61.pth" in proc.stdout
+    assert "problem: seg_train: initial weights pretrained/resnet101-63fe2227.pth" in proc.stdout
+
+
 def test_coco_plan_uses_the_coco_script_and_one_walk(tmp_path, run_name):
     proc = pipeline("--name", run_name, "--data-set", "COCO", "--data-path",
                     str(tmp_path / "nowhere"), "--dry-run")
@@ -252,3 +262,62 @@ def test_killed_runs_finish_with_the_uninterrupted_figures_and_reruns_skip(run_n
         assert "--overwrite" in proc.stdout.split("seg_val [redo]")[1].splitlines()[1]
     finally:
         shutil.rmtree(os.path.join(ROOT, "experiment", ref), ignore_errors=True)
+
+
+def test_decide_skips_resumes_and_redoes(tmp_path, monkeypatch):
+    import engine.pipeline as P
+
+    monkeypatch.setattr(P, "ROOT", str(tmp_path))
+    train = argparse.ArgumentParser()
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--overwrite", action="store_true")
+    infer = argparse.ArgumentParser()
+    infer.add_argument("--overwrite", action="store_true")
+    parsers = {"t.py": train, "i.py": infer}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pth").write_text("x")
+    (tmp_path / "out").mkdir()
+
+    def plan():
+        stages = [P.Stage("a", "t.py", "train", ["--x"], ckpt="run/last.pth",
+                          outputs=["run/last.pth"]),
+                  P.Stage("b", "i.py", "infer", deps=["a"], outputs=["out"]),
+                  P.Stage("c", "i.py", "infer", deps=["b"], outputs=["out"])]
+        P._keys(stages)
+        return stages
+
+    stages = plan()
+    # nothing recorded: a training folder of unknown origin, the rest simply runs
+    P.decide(stages, {"stages": {}}, parsers)
+    assert [s.action for s in stages] == ["run-unknown", "run", "run"]
+    # a done, b killed half-way, c never started
+    done = {"key": stages[0].key, "state": "done",
+            "outputs": {"run/last.pth": P.fingerprint("run/last.pth")}}
+    state = {"stages": {"a": done, "b": {"key": stages[1].key, "state": "started"}}}
+    P.decide(stages, state, parsers)
+    assert [(s.action, s.extra) for s in stages] == [("skip", []), ("continue", []),
+                                                     ("run", [])]
+    # a killed: resumed (or started over for the toy preset); b and c stay
+    state["stages"]["a"] = {"key": stages[0].key, "state": "started"}
+    P.decide(stages, state, parsers)
+    assert stages[0].extra == ["--resume"] and stages[1].action == "continue"
+    P.decide(stages, state, parsers, resume_training=False)
+    assert (stages[0].action, stages[0].extra) == ("redo", ["--overwrite"])
+    assert (stages[1].action, stages[1].extra) == ("redo", ["--overwrite"])
+    # a's settings changed: a and everything after it redone, replacing their outputs
+    state["stages"]["a"] = done
+    state["stages"]["b"] = {"key": stages[1].key, "state": "done", "outputs": {}}
+    state["stages"]["c"] = {"key": stages[2].key, "state": "done", "outputs": {}}
+    stages[0].args = ["--y"]
+    P._keys(stages)
+    P.decide(stages, state, parsers)
+    assert [s.action for s in stages] == ["redo", "redo", "redo"]
+    assert stages[1].extra == stages[2].extra == ["--overwrite"]
+    # --from b: a untouched
+    stages = plan()
+    P.decide(stages, state, parsers, redo_from="b")
+    assert [s.action for s in stages] == ["skip", "redo", "redo"]
+    # the recorded output changed since: not skipped
+    (tmp_path / "run" / "last.pth").write_text("changed")
+    P.decide(stages, state, parsers)
+    assert stages[0].action == "resume"
