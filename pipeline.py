@@ -19,11 +19,17 @@ import argparse
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from engine.pipeline import stage_names
+
+    stages = {preset: " ".join(n for n, _ in stage_names(ds, preset, test=True))
+              for ds, preset in (("VOC12", "full"), ("TOY", "toy"))}
     p = argparse.ArgumentParser(
         description="the whole pipeline: seeds, pseudo masks, segmentation, report",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
         epilog="Any other flag goes to the stages whose script takes it; --STAGE.flag to "
-               "one stage (or script, or family seeds / aff / seg) only.")
+               f"one stage (or script, or family seeds / aff / seg) only. Stages (VOC): "
+               f"{stages['full']} (COCO: one walk, rw, then masks_eval); the toy preset: "
+               f"{stages['toy']}.")
     p.add_argument("--name", required=True, help="run folder experiment/<name>")
     p.add_argument("--data-set", "--data_set", dest="data_set", default="VOC12",
                    choices=("VOC12", "COCO"), help="dataset (the toy preset makes its own)")
