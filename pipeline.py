@@ -68,7 +68,12 @@ def main(argv=None):
 
     from engine.pipeline import program_name, route_flags, run_pipeline, stage_names
 
+    from utils.errors import UserError
+
     args, extra = get_args_parser().parse_known_args(argv)
+    if args.preset == "toy" and (args.data_path or args.data_set != "VOC12"):
+        raise UserError(f"--preset toy makes its own data set in experiment/{args.name}/toy: "
+                        f"leave out --data-set and --data-path")
     data_path = args.data_path or {"VOC12": "data/VOC2012", "COCO": "data/COCO2014"}[args.data_set]
     stages = stage_names("TOY" if args.preset == "toy" else args.data_set, args.preset, args.test)
     parsers = {s: importlib.import_module(program_name(s)).get_args_parser() for _, s in stages}
