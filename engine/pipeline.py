@@ -111,6 +111,7 @@ class Stage:
     extra: List[str] = field(default_factory=list)     # --resume / --overwrite, decided late
     action: str = "run"
     ns: Optional[argparse.Namespace] = None             # its parsed command line
+    parser: Optional[argparse.ArgumentParser] = None    # ... and the parser that read it
 
     @property
     def program(self) -> str:
@@ -273,6 +274,7 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
         stage.args += user
         stage.torchrun = program_name(stage.script) in TORCHRUN_SCRIPTS
         spaces[stage.name] = stage.ns = ns
+        stage.parser = parser
         plan.append(stage)
         return ns
 
@@ -506,8 +508,8 @@ def toy_baseline(name: str, exp: str, data: List[str], common: List[str], train_
                     "0.80", "0.01", "--json", out], deps=["untrained"], outputs=[out], result=out)
     for stage in (untrained, scored):
         user = list(routed.get(stage.name, []))
-        spaces[stage.name] = stage.ns = _parse(parsers[stage.script], stage.script,
-                                               stage.args + user)
+        stage.parser = parsers[stage.script]
+        spaces[stage.name] = stage.ns = _parse(stage.parser, stage.script, stage.args + user)
         stage.args += user
         stage.torchrun = stage.script == "infer_PCSS.py"
     untrained.seconds = images * 0.006
@@ -520,12 +522,20 @@ def _write_ids(path: str, ids: Sequence[str]) -> None:
         f.write("\n".join(ids) + "\n")
 
 
+def _settings(ns: argparse.Namespace, parser: Optional[argparse.ArgumentParser]) -> list:
+    """``ns``'s values that are not ``parser``'s defaults, sorted by name."""
+    defaults = {a.dest: a.default for a in (parser._actions if parser else ())}
+    return sorted((k, v) for k, v in vars(ns).items()
+                  if k not in defaults or defaults[k] != v)
+
+
 def _keys(plan: List[Stage]) -> None:
-    """Each stage's key: its parsed command line (so flags given twice, or in another
-    order, or at their defaults, change nothing) and the keys of the stages it reads from."""
+    """Each stage's key: its parsed command line, the values that differ from the script's
+    defaults (so flags given twice, in another order or at their defaults change nothing,
+    nor does a flag a script gains later), and the keys of the stages it reads from."""
     keys: Dict[str, str] = {}
     for stage in plan:
-        settings = sorted(vars(stage.ns).items()) if stage.ns is not None else stage.args
+        settings = _settings(stage.ns, stage.parser) if stage.ns is not None else stage.args
         text = json.dumps([stage.script, settings, [keys.get(d, "") for d in stage.deps]])
         stage.key = keys[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
 
