@@ -43,7 +43,7 @@ REDUCE = {"train_PCSS.py": {"--epochs": "1", "--batch_size": "2"},
           "train_aff.py": {"--max_epoches": "1", "--batch_size": "1"},
           "train_seg.py": {"--num_epochs": "1", "--batch_size": "1"}}
 # README lines of other datasets or several processes
-SKIP = ("COCO", "torchrun")
+SKIP = ("COCO", "torchrun", "pipeline.py")
 # --quick: the lines of the second network of each stage are left out
 QUICK_SKIP = ("deeplabv2_r101", "resnet50", "--recipe psa", "--resume")
 

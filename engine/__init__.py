@@ -7,6 +7,8 @@ returning plain values (deit's ``engine.py`` habit); the top-level scripts wire 
   ``random_walk_masks`` (pseudo masks).
 - ``engine.segmentation``: segmentation - ``train_steps`` and ``predict``.
 - ``engine.pretrain``: the toy set's self-supervised stand-in for ImageNet pre-training.
+- ``engine.pipeline``: the runner of ``pipeline.py`` - the stages as the scripts' command
+  lines, the preflight, skipping and resuming, the report.
 - ``engine.common``: what the loops share - ``prepare_model`` (compile, then DDP),
   ``optimizer_step``, ``stop_if_not_finite``, and an inference's claim on its output folders
   (``claim_outputs`` / ``pending_outputs``).

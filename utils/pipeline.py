@@ -3,7 +3,6 @@ in a fresh process as a user would run it. No torch import."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,13 +28,3 @@ class CommandRunner:
         if res.returncode != 0:
             sys.exit(f"step '{step}' failed (exit {res.returncode}); see the output above")
 
-
-def clean_experiment(exp: str, keep: List[str] = ()) -> None:
-    """Remove an earlier run's outputs in ``exp`` except the entries named in ``keep``."""
-    if not os.path.isdir(exp):
-        return
-    for entry in os.listdir(exp):
-        if entry in keep:
-            continue
-        path = os.path.join(exp, entry)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

@@ -1,0 +1,323 @@
+"""pipeline.py: the plan (commands in order), the preflight's refusals (nothing written),
+flag routing, and skipping / resuming / redoing stages on a small toy run."""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from engine.pipeline import AMBIGUOUS, read_state, route_flags
+from utils.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+DEIT = "deit_small_patch16_224-cd65a155.pth"
+
+
+def pipeline(*args, patch_free=None, timeout=600):
+    """``python pipeline.py ARGS`` from the repository root; with ``patch_free`` the
+    free-space function reports that many bytes."""
+    if patch_free is None:
+        cmd = [sys.executable, "pipeline.py", *args]
+    else:
+        code = ("import sys, runpy, engine.pipeline as P; "
+                f"P.free_bytes = lambda path: {patch_free}; "
+                "sys.argv = ['pipeline.py'] + sys.argv[1:]; "
+                "runpy.run_path('pipeline.py', run_name='__main__')")
+        cmd = [sys.executable, "-c", code, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def voc_folder(root, lists=True):
+    """A folder in the VOC layout (images, masks, lists, labels; contents are not read)."""
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassAug",
+              "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    if lists:
+        ids = {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"],
+               "train_aug": ["2007_000032", "2007_000039", "2008_000002"]}
+        for split, names in ids.items():
+            with open(os.path.join(root, "ImageSets/Segmentation", split + ".txt"), "w") as f:
+                f.write("\n".join(names) + "\n")
+        np.save(os.path.join(root, "cls_labels.npy"), {})
+    return str(root)
+
+
+@pytest.fixture
+def run_name():
+    name = f"test_pipeline_{os.getpid()}_{time.time_ns()}"
+    yield name
+    shutil.rmtree(os.path.join(ROOT, "experiment", name), ignore_errors=True)
+
+
+def stage_lines(stdout):
+    return [line.split()[1] for line in stdout.splitlines() if line.startswith("    python ")]
+
+
+def test_dry_run_prints_the_stages_commands_in_order(tmp_path, run_name):
+    data = voc_folder(tmp_path / "VOC2012")
+    proc = pipeline("--name", run_name, "--data-set", "VOC12", "--data-path", data,
+                    "--dry-run", "--test")
+    assert proc.returncode == 0, proc.stderr
+    assert stage_lines(proc.stdout) == [
+        "train_PCSS.py", "infer_PCSS.py", "evaluation.py", "train_aff.py", "infer_aff.py",
+        "evaluation.py", "infer_aff.py", "train_seg.py", "infer_seg.py", "evaluation.py",
+        "infer_seg.py", "infer_seg.py"]
+    out = proc.stdout
+    assert "--load_epo 59 --dict --crf --alphas 1 12" in out
+    assert "--out_rw experiment/%s/rw_train" % run_name in out
+    assert "--use_crf --split test" in out
+    assert "GB" in out and "to run: 12 of 12 stages" in out     # estimates
+    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+
+
+def test_other_backbones_train_and_predict_in_their_own_folders(tmp_path, run_name):
+    data = voc_folder(tmp_path / "VOC2012")
+    proc = pipeline("--name", run_name, "--data-path", data, "--dry-run", "--device", "cpu",
+                    "--aff.backbone", "resnet50", "--seg.backbone", "deeplabv2_r101")
+    assert proc.returncode == 0, proc.stderr
+    assert f"--dict_dir experiment/{run_name}/seg_deeplabv2_r101 " in proc.stdout
+    assert "problem: aff_train: initial weights pretrained/resnet50-0676ba61.pth" in proc.stdout
+    assert "problem: seg_train: initial weights pretrained/resnet101-63fe2227.pth" in proc.stdout
+
+
+def test_coco_plan_uses_the_coco_script_and_one_walk(tmp_path, run_name):
+    proc = pipeline("--name", run_name, "--data-set", "COCO", "--data-path",
+                    str(tmp_path / "nowhere"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = stage_lines(proc.stdout)
+    assert lines[0] == "train_PCSS_coco.py" and lines.count("infer_aff.py") == 1
+    assert "problem: data directory not found" in proc.stdout
+
+
+@pytest.mark.skipif(os.path.isfile(os.path.join(ROOT, "pretrained", DEIT)),
+                    reason="the DeiT weights are present in pretrained/")
+def test_missing_deit_weights_stop_the_run_before_any_work(tmp_path, run_name):
+    data = voc_folder(tmp_path / "VOC2012")
+    proc = pipeline("--name", run_name, "--data-path", data, "--device", "cpu")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("error: ") for line in lines)
+    assert len([line for line in lines if DEIT in line]) == 1
+    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+
+
+def test_bad_data_layout_is_one_line_per_problem(tmp_path, run_name):
+    proc = pipeline("--name", run_name, "--data-path", str(tmp_path / "absent"),
+                    "--seeds_train.finetune", "none", "--train_aff.weights", "none",
+                    "--seg_train.weights", "none", "--device", "cpu", patch_free=10 ** 15)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data directory not found: {tmp_path / 'absent'}. Download PASCAL VOC 2012 "
+        "(+ SBD's SegmentationClassAug) and pass its VOC2012 folder, e.g. --data-path "
+        "data/VOC2012 (see README)."]
+    data = voc_folder(tmp_path / "VOC2012", lists=False)
+    proc = pipeline("--name", run_name, "--data-path", data, "--seeds_train.finetune",
+                    "none", "--train_aff.weights", "none", "--seg_train.weights", "none",
+                    "--device", "cpu", patch_free=10 ** 15)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 4 and all("python -m datasets.prepare --data-set VOC12" in line
+                                   for line in lines), lines
+    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+
+
+def test_too_little_disk_is_refused(tmp_path, run_name):
+    data = voc_folder(tmp_path / "VOC2012")
+    args = ("--name", run_name, "--data-path", data, "--seeds_train.finetune", "none",
+            "--train_aff.weights", "none", "--seg_train.weights", "none", "--device", "cpu")
+    proc = pipeline(*args, patch_free=10 ** 6)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: not enough free disk: the stages to run write ~")
+    assert "1 MB are free" in proc.stderr and "--until STAGE" in proc.stderr
+    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+
+
+def test_flags_reach_the_stages_that_take_them(tmp_path):
+    proc = pipeline("--name", "x", "--print-args", "--amp", "bf16", "--train_aff.weights",
+                    "w.pth", "--seg.backbone", "deeplabv2_r101", "--seg_val.scales=1.0",
+                    "--seeds_eval.thresholds", "0.2", "0.5", "0.01", "--no-compile")
+    assert proc.returncode == 0, proc.stderr
+    stages = json.loads(proc.stdout)["stages"]
+    assert stages["seeds_train"] == ["--amp", "bf16", "--no-compile"]
+    assert stages["aff_train"] == [
+        "--amp", "bf16", "--weights", "w.pth", "--no-compile"]
+    assert stages["seg_train"] == ["--amp", "bf16", "--backbone", "deeplabv2_r101",
+                                   "--no-compile"]
+    assert stages["seg_val"] == ["--amp", "bf16", "--backbone", "deeplabv2_r101", "--scales",
+                                 "1.0", "--no-compile"]
+    assert stages["rw"] == ["--amp", "bf16", "--no-compile"]
+    assert stages["seeds_eval"] == ["--thresholds", "0.2", "0.5", "0.01"]
+    assert "--amp" not in stages["masks_eval"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nonsense", "1"], "no stage of this pipeline takes --nonsense"),
+    (["--weights", "w.pth"], "--weights means different things in infer_aff.py"),
+    (["--overwrite"], "the pipeline sets --overwrite itself"),
+    (["--nostage.amp", "bf16"], "no stage or script 'nostage'"),
+    (["--seeds_eval.amp", "bf16"], "no stage of this pipeline takes --amp"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_flags_no_stage_takes_are_refused(flags, message):
+    proc = pipeline("--name", "x", "--print-args", *flags)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_route_flags_counts_values_by_the_stage_parser():
+    a = argparse.ArgumentParser()
+    a.add_argument("--scales", nargs="+")
+    a.add_argument("--flip", action=argparse.BooleanOptionalAction)
+    b = argparse.ArgumentParser()
+    b.add_argument("--flip", action="store_true")
+    b.add_argument("--W", nargs=2)
+    stages = [("one", "a.py"), ("two", "b.py")]
+    routed = route_flags(["--flip", "--a.scales", "0.5", "1", "--W", "1", "-2", "--no-flip"],
+                         stages, {"a.py": a, "b.py": b})
+    assert routed == {"one": ["--flip", "--scales", "0.5", "1", "--no-flip"],
+                      "two": ["--flip", "--W", "1", "-2"]}
+    with pytest.raises(UserError, match="needs 2 value"):
+        route_flags(["--W", "1"], stages, {"a.py": a, "b.py": b})
+    assert "--scales" in AMBIGUOUS
+
+
+# ---------------------------------------------------------------------------- toy runs
+SMALL = ("--preset", "toy", "--toy_data.num-images", "100", "--pretrain.epochs", "1",
+         "--seeds_train.epochs", "2", "--seeds_train.batch_size", "16",
+         "--aff_train.max_epoches", "2", "--aff_train.batch_size", "8",
+         "--seg_train.num_epochs", "1", "--seg_val.scales", "1.0", "--figure.scales", "1.0",
+         "--baseline-images", "20")
+FIGURES = ("miou", "threshold", "untrained_miou", "mask_miou", "seg_miou", "class_iou",
+           "mask_class_iou", "seg_class_iou")
+
+
+def summary(name):
+    with open(os.path.join(ROOT, "experiment", name, "summary.json")) as f:
+        return json.load(f)
+
+
+def run_and_kill(name, stage, ready):
+    """Start the small pipeline and kill it (its whole process group) once ``stage`` is
+    running and ``ready()`` holds; returns when it is dead."""
+    proc = subprocess.Popen([sys.executable, "pipeline.py", "--name", name, *SMALL], cwd=ROOT,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    exp = os.path.join(ROOT, "experiment", name)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            rec = read_state(exp)["stages"].get(stage, {})
+            if rec.get("state") == "started" and ready():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before {stage} could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert read_state(exp)["stages"][stage]["state"] == "started"
+
+
+@pytest.mark.slow
+def test_killed_runs_finish_with_the_uninterrupted_figures_and_reruns_skip(run_name):
+    exp = os.path.join(ROOT, "experiment", run_name)
+    ref = run_name + "_ref"
+    try:
+        proc = pipeline("--name", ref, *SMALL)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        expected = summary(ref)
+        # killed half-way through a training stage (after its first epoch's checkpoint) ...
+        run_and_kill(run_name, "aff_train",
+                     lambda: os.path.isfile(os.path.join(exp, "aff", "last.pth")))
+        # ... then half-way through an inference stage
+        rw = os.path.join(exp, "rw")
+        run_and_kill(run_name, "rw", lambda: os.path.isdir(rw) and len(os.listdir(rw)) > 10)
+        done_before = len(os.listdir(rw)) - 1                   # the manifest aside
+        proc = pipeline("--name", run_name, *SMALL)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "=== seeds_train: done earlier, skipped" in proc.stdout
+        assert "=== rw (continue)" in proc.stdout
+        assert f"{done_before} of this process's 80 already done" in proc.stdout
+        got = summary(run_name)
+        assert {k: got[k] for k in FIGURES} == {k: expected[k] for k in FIGURES}
+        # a rerun recomputes nothing
+        t0 = time.time()
+        proc = pipeline("--name", run_name, *SMALL)
+        assert proc.returncode == 0 and time.time() - t0 < 60
+        assert proc.stdout.count("done earlier, skipped") == 14
+        assert {k: summary(run_name)[k] for k in FIGURES} == {k: got[k] for k in FIGURES}
+        # other settings of one stage redo it and the stages after it, not those before
+        proc = pipeline("--name", run_name, *SMALL, "--seg_train.lr", "0.001", "--dry-run")
+        actions = dict(line.split()[1:3] for line in proc.stdout.splitlines()
+                       if line[:3].strip().rstrip(".").isdigit())
+        assert actions["rw"] == actions["masks_eval"] == "[skip]"
+        assert actions["seg_train"] == actions["seg_val"] == actions["figure"] == "[redo]"
+        assert "--overwrite" in proc.stdout.split("seg_val [redo]")[1].splitlines()[1]
+    finally:
+        shutil.rmtree(os.path.join(ROOT, "experiment", ref), ignore_errors=True)
+
+
+def test_decide_skips_resumes_and_redoes(tmp_path, monkeypatch):
+    import engine.pipeline as P
+
+    monkeypatch.setattr(P, "ROOT", str(tmp_path))
+    train = argparse.ArgumentParser()
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--overwrite", action="store_true")
+    infer = argparse.ArgumentParser()
+    infer.add_argument("--overwrite", action="store_true")
+    parsers = {"t.py": train, "i.py": infer}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pth").write_text("x")
+    (tmp_path / "out").mkdir()
+
+    def plan():
+        stages = [P.Stage("a", "t.py", "train", ["--x"], ckpt="run/last.pth",
+                          outputs=["run/last.pth"]),
+                  P.Stage("b", "i.py", "infer", deps=["a"], outputs=["out"]),
+                  P.Stage("c", "i.py", "infer", deps=["b"], outputs=["out"])]
+        P._keys(stages)
+        return stages
+
+    stages = plan()
+    # nothing recorded: a training folder of unknown origin, the rest simply runs
+    P.decide(stages, {"stages": {}}, parsers)
+    assert [s.action for s in stages] == ["run-unknown", "run", "run"]
+    # a done, b killed half-way, c never started
+    done = {"key": stages[0].key, "state": "done",
+            "outputs": {"run/last.pth": P.fingerprint("run/last.pth")}}
+    state = {"stages": {"a": done, "b": {"key": stages[1].key, "state": "started"}}}
+    P.decide(stages, state, parsers)
+    assert [(s.action, s.extra) for s in stages] == [("skip", []), ("continue", []),
+                                                     ("run", [])]
+    # a killed: resumed (or started over for the toy preset); b and c stay
+    state["stages"]["a"] = {"key": stages[0].key, "state": "started"}
+    P.decide(stages, state, parsers)
+    assert stages[0].extra == ["--resume"] and stages[1].action == "continue"
+    P.decide(stages, state, parsers, resume_training=False)
+    assert (stages[0].action, stages[0].extra) == ("redo", ["--overwrite"])
+    assert (stages[1].action, stages[1].extra) == ("redo", ["--overwrite"])
+    # a's settings changed: a and everything after it redone, replacing their outputs
+    state["stages"]["a"] = done
+    state["stages"]["b"] = {"key": stages[1].key, "state": "done", "outputs": {}}
+    state["stages"]["c"] = {"key": stages[2].key, "state": "done", "outputs": {}}
+    stages[0].args = ["--y"]
+    P._keys(stages)
+    P.decide(stages, state, parsers)
+    assert [s.action for s in stages] == ["redo", "redo", "redo"]
+    assert stages[1].extra == stages[2].extra == ["--overwrite"]
+    # --from b: a untouched
+    stages = plan()
+    P.decide(stages, state, parsers, redo_from="b")
+    assert [s.action for s in stages] == ["skip", "redo", "redo"]
+    # the recorded output changed since: not skipped
+    (tmp_path / "run" / "last.pth").write_text("changed")
+    P.decide(stages, state, parsers)
+    assert stages[0].action == "resume"
