@@ -36,14 +36,15 @@ import numpy as np
 
 from datasets.synthetic import GEOMETRY, synthetic_probs, synthetic_scene
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 SEED_CLASSES = {"VOC": 20, "COCO": 80}
 
 
 def _tensor(rgb):
-    import torch
-    return torch.from_numpy(((rgb / 255.0 - MEAN) / STD).astype(np.float32)).permute(2, 0, 1)
+    """The network input of an H x W x 3 uint8 image, as the inference scripts make it."""
+    from PIL import Image
+
+    from datasets.wsss import build_transform
+    return build_transform("infer")(Image.fromarray(rgb))
 
 
 def _timed(fn, repeats: int, warmup: bool = True) -> float:

@@ -52,14 +52,6 @@ def divergence_hint(amp: str) -> str:
     return f"Try a lower --lr{safer}, and check the data."
 
 
-def divergence_hint(amp: str) -> str:
-    """What to try after a non-finite loss, for a run with mixed precision ``amp``: a lower
-    --lr, and a safer --amp only where there is one."""
-    safer = {"fp16": " or --amp bf16 (or none) instead of fp16",
-             "bf16": " or --amp none"}.get(amp, "")
-    return f"Try a lower --lr{safer}, and check the data."
-
-
 def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
     """Zero the gradients, backpropagate ``loss`` and step (through the fp16 ``scaler``
     when there is one)."""

@@ -19,13 +19,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Deque, Optional
 
-
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:      # not Linux
-        return os.cpu_count() or 1
+from utils.args import available_cores
 
 
 def default_workers(loader_workers: int, processes_per_node: Optional[int] = None) -> int:

@@ -40,14 +40,18 @@ def run_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012",
     return p
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:       # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_workers(most: int = 4) -> int:
     """``min(most, usable CPU cores)``: as many loading workers as the machine (or the
     cores this process is bound to) has, so that PyTorch does not warn about too many."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:       # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(most, cores))
+    return max(1, min(most, available_cores()))
 
 
 def script_parser(description: str, *parents: argparse.ArgumentParser,

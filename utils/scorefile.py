@@ -168,12 +168,6 @@ def decode_score_dict(data: bytes, name: str = "the score file") -> Dict[int, np
     return {k: v[i] for i, k in enumerate(keys)}
 
 
-def is_compact(path: str) -> bool:
-    """Whether the file at ``path`` starts with the compact format's magic bytes."""
-    with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
-
-
 def save_score_dict(path: str, scores: Dict[int, np.ndarray], fmt: Optional[str] = None,
                     scale: float = CAM_SCALE, dither: bool = False) -> None:
     """Write ``scores`` atomically in ``fmt`` (default: the format of ``path``'s extension,
@@ -193,9 +187,10 @@ def load_score_dict(path: str) -> Dict[int, np.ndarray]:
     magic bytes, else a pickled ``.npy`` dict (ours, PSA's, MCTformer's) through the safe
     reader. Keys as ints, maps as stored (float32 for compact files). A file that is
     neither, or one that asks to run code, is a ``UserError`` naming it."""
-    if is_compact(path):
-        with open(path, "rb") as f:
-            return decode_score_dict(f.read(), path)
+    with open(path, "rb") as f:
+        data = f.read(len(MAGIC))
+        if data == MAGIC:
+            return decode_score_dict(data + f.read(), path)
     try:
         return {int(k): np.asarray(v) for k, v in load_npy_dict(path).items()}
     except (pickle.UnpicklingError, ValueError, EOFError, TypeError) as e:
