@@ -51,7 +51,7 @@ def main(args) -> dict:
 
     import numpy as np
 
-    from utils.pipeline import ROOT, CommandRunner
+    from utils.commands import ROOT, CommandRunner
 
     step = CommandRunner()
     defaults = get_args_parser().parse_args([])

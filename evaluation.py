@@ -89,7 +89,7 @@ def run(args) -> dict:
 
     from datasets.layout import layout
     from utils.errors import UserError
-    from utils.evaluation import (cam_miou, default_thresholds, iou_from_confusion,
+    from wsss.metrics import (cam_miou, default_thresholds, iou_from_confusion,
                                   nanmean_miou, png_confusion)
     from utils.lists import read_id_list, resolve_list
     from utils.manifest import describe, read_manifest

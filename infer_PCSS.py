@@ -10,7 +10,7 @@ and overlays.
 Writes under ``experiment/<name>/``: ``dict/<id>.npy`` (``{class index: H x W float32 map
 in [0, 1]}`` for the image's labels, the format PSA / IRN read), ``png/<id>.png`` (palette
 pseudo labels), ``crf/<alpha>/<id>.sdz`` (PSA's CRF score dicts ``{0: background, k + 1:
-class k}``, what affinity training reads, in the compact format of ``utils.scorefile``;
+class k}``, what affinity training reads, in the compact format of ``wsss.scorefile``;
 ``--crf_format psa``: ``.npy``), ``crf_png/<alpha>/<id>.png`` (their labels) and
 ``vis/<id>.jpg`` (overlays). Each folder's ``manifest.json`` records the weights and settings
 that made it: images already done by the same weights are skipped; a folder made by other
@@ -84,12 +84,12 @@ def run(args, device, info) -> None:
     from datasets.loader import image_loader
     from datasets.layout import layout
     from engine.common import claim_outputs
-    from engine.pcss import SeedWriter, generate_seeds, seeds_from_dicts
+    from engine.seeds import SeedWriter, generate_seeds, seeds_from_dicts
     from engine.pool import WorkPool, default_workers, limit_torch_threads
     from models import compile_network
-    from models.checkpoint import epoch_checkpoint, load_network
+    from models.weights import epoch_checkpoint, load_network
     from utils.args import default_input_size
-    from utils.crf import crf_available
+    from wsss.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError
     from utils.manifest import file_fingerprint, producer, read_manifest, same_producer

@@ -56,16 +56,16 @@ def run(args, device, info) -> None:
     from datasets import build_dataset
     from datasets.layout import layout
     from datasets.loader import image_loader
-    from engine.affinity import random_walk_masks
+    from engine.refine import random_walk_masks
     from engine.common import pending_outputs
     from models import compile_network
-    from models.refine import default_backbone, find_trained_weights, load_affinity_net
+    from models.registry import default_backbone, find_trained_weights, load_affinity_net
     from utils.dist import barrier
     from utils.errors import UserError, resolve_run_folder
     from utils.manifest import file_fingerprint, producer, read_manifest
     from utils.report import best_threshold
     from utils.runtime import autocast_context
-    from utils.scorefile import score_file
+    from wsss.scorefile import score_file
     from utils.vis import save_label_png
 
     lay = layout(args.data_set, args.data_path)

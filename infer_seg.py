@@ -52,14 +52,14 @@ def run(args, device, info) -> None:
 
     from datasets.layout import layout
     from datasets.loader import image_loader
-    from datasets.wsss import WSSSDataset, build_transform
+    from datasets.classification import WSSSDataset, build_transform
     from engine.common import pending_outputs
     from engine.pool import WorkPool, default_workers, limit_torch_threads
-    from engine.segmentation import LabelPngWriter, predict
+    from engine.segment import LabelPngWriter, predict
     from models import compile_network
-    from models.refine import default_backbone, find_trained_weights, load_segmentation_net
+    from models.registry import default_backbone, find_trained_weights, load_segmentation_net
     from utils.choices import backbone_folder
-    from utils.crf import crf_available
+    from wsss.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError, resolve_run_folder
     from utils.lists import read_id_list

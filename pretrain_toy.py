@@ -43,7 +43,7 @@ def run(args, device) -> str:
     from datasets import build_dataset
     from datasets.layout import layout
     from datasets.loader import make_loader
-    from engine.pretrain import pretrain_one_epoch
+    from engine.toy_pretrain import pretrain_one_epoch
     from models import build_arch
     from models.pretrain import ColourDenoiser
     from utils.args import default_input_size

@@ -1,5 +1,5 @@
 """Train PCSS on PASCAL VOC 2012 (or the synthetic toy set); train_PCSS_coco.py is the same
-program with COCO defaults. Scripts parse and wire; the loops live in engine/pcss.py.
+program with COCO defaults. Scripts parse and wire; the loops live in engine/seeds.py.
 
     python train_PCSS.py --name pcss_voc --data-path data/VOC2012
     torchrun --nproc_per_node 4 train_PCSS.py --name pcss_voc --data-path data/VOC2012
@@ -34,16 +34,16 @@ def run(args, device, info) -> None:
     from datasets.layout import layout
     from datasets.loader import image_loader, make_loader, reseed
     from engine.common import prepare_model
-    from engine.pcss import fim_round, train_one_epoch, validate
+    from engine.seeds import fim_round, train_one_epoch, validate
     from models import ARCHS, build_arch, compile_network, init_from_deit
-    from models.checkpoint import deit_weights, freeze_parameters
+    from models.weights import deit_weights, freeze_parameters
     from models.pcss import PCSSConfig
     from utils.args import check_training_length, default_input_size
     from utils.checkpoint import atomic_save, claim_run, save_training_state, start_training
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
-    from utils.evaluation import default_thresholds
-    from utils.frequency import FrequencyInfluence
+    from wsss.metrics import default_thresholds
+    from wsss.frequency import FrequencyInfluence
     from utils.lists import read_id_list
     from utils.logger import RunLog
     from utils.manifest import file_fingerprint, producer

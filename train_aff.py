@@ -55,12 +55,12 @@ def run(args, device, info) -> None:
     import torch
     from torch.utils.data.distributed import DistributedSampler
 
-    from datasets.affinity import AffinityDataset
+    from datasets.affinity_data import AffinityDataset
     from datasets.layout import layout
     from datasets.loader import make_loader, reseed
-    from engine.affinity import train_one_epoch
+    from engine.refine import train_one_epoch
     from engine.common import prepare_model
-    from models.refine import (aff_recipe, affinity_stride, build_affinity_net,
+    from models.registry import (aff_recipe, affinity_stride, build_affinity_net,
                                default_backbone, resolve_init_weights, trained_weights_path)
     from utils.args import check_training_length
     from utils.checkpoint import claim_run, save_training_state, start_training

@@ -59,10 +59,10 @@ def run(args, device, info) -> None:
     from torch.utils.data import DataLoader
 
     from datasets.layout import layout
-    from datasets.segmentation import SegBatchSampler, SegTrainDataset
+    from datasets.segmentation_data import SegBatchSampler, SegTrainDataset
     from engine.common import prepare_model
-    from engine.segmentation import train_steps
-    from models.refine import (build_segmentation_net, default_backbone, resolve_init_weights,
+    from engine.segment import train_steps
+    from models.registry import (build_segmentation_net, default_backbone, resolve_init_weights,
                                seg_optim, seg_recipe, trained_weights_path)
     from utils.args import check_training_length
     from utils.checkpoint import claim_run, save_training_state, start_training

@@ -31,10 +31,11 @@ import torch  # noqa: E402
 from models import build_model, compile_network, pcss_losses  # noqa: E402
 from bench.reference import (all_cells, ref_cam_dict, ref_cam_miou, ref_fim_batch,  # noqa: E402
                        ref_losses)
-from utils.cam import cam_dict  # noqa: E402
-from utils.evaluation import cam_miou, default_thresholds  # noqa: E402
-from utils.frequency import FrequencyInfluence  # noqa: E402
-from utils.io import load_cam_dict, read_label_png, save_cam_dict  # noqa: E402
+from wsss.cam import cam_dict  # noqa: E402
+from wsss.metrics import cam_miou, default_thresholds  # noqa: E402
+from wsss.frequency import FrequencyInfluence  # noqa: E402
+from utils.io import read_label_png
+from wsss.scorefile import load_cam_dict, save_cam_dict  # noqa: E402
 from utils.schedule import make_adamw, param_groups  # noqa: E402
 
 GOALS = {"train_exact": 1.2, "train_reuse": 1.4, "fim": 1.3, "infer": 1.5, "score": 30.0,

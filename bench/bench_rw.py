@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from utils.affinity import (affinity_labels, affinity_loss, dense_affinity,  # noqa: E402
+from wsss.affinity import (affinity_labels, affinity_loss, dense_affinity,  # noqa: E402
                             pair_offsets, random_walk, sparse_affinity)
 
 

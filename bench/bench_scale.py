@@ -43,7 +43,7 @@ def _tensor(rgb):
     """The network input of an H x W x 3 uint8 image, as the inference scripts make it."""
     from PIL import Image
 
-    from datasets.wsss import build_transform
+    from datasets.classification import build_transform
     return build_transform("infer")(Image.fromarray(rgb))
 
 
@@ -90,7 +90,7 @@ def _seed_writer(out: str, geo: str, images: str):
     """``infer_PCSS.py --dict --crf --alphas 1 12``'s writer into ``out``."""
     from functools import partial
 
-    from engine.pcss import SeedWriter
+    from engine.seeds import SeedWriter
     return SeedWriter.plan(out, dict=True, crf_alphas=(1.0, 12.0), threshold=0.45,
                            class_names=[str(k) for k in range(SEED_CLASSES[geo])],
                            image_path=partial(_image_path, images))
@@ -99,7 +99,7 @@ def _seed_writer(out: str, geo: str, images: str):
 # ----------------------------------------------------------------------------- CPU stages
 def stage_seed_network(geo):
     import torch
-    from utils.cam import cam_dict
+    from wsss.cam import cam_dict
     net = _deit(geo, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as d, torch.no_grad():
         x, y, _ = _seed_items(geo, 1, d)[0]
@@ -107,8 +107,8 @@ def stage_seed_network(geo):
 
 
 def stage_seed_crf_and_bytes(geo):
-    from utils.pseudo import crf_score_dict
-    from utils.scorefile import CAM_SCALE, CRF_SCALE, encode_score_dict
+    from wsss.pseudo import crf_score_dict
+    from wsss.scorefile import CAM_SCALE, CRF_SCALE, encode_score_dict
     H, W = GEOMETRY[geo]
     out = {"crf_s_per_image_2_alphas": 0.0, "bytes": {}}
     sizes = {k: [] for k in ("dict_psa", "dict_compact", "crf_psa", "crf_compact")}
@@ -135,7 +135,7 @@ def stage_seed_crf_and_bytes(geo):
 
 def _seed_stage(geo, device, workers, items, images, out, net):
     import torch
-    from engine.pcss import generate_seeds
+    from engine.seeds import generate_seeds
     from engine.pool import WorkPool
     writer = _seed_writer(out, geo, images)
     for d in writer.folders.values():
@@ -183,9 +183,9 @@ def _train_step(geo, net, loss, what):
 
 def stage_affinity(geo):
     import torch
-    from engine.affinity import random_walk_masks
-    from models.refine import build_affinity_net
-    from utils.io import save_cam_dict
+    from engine.refine import random_walk_masks
+    from models.registry import build_affinity_net
+    from wsss.scorefile import save_cam_dict
     torch.manual_seed(0)
     net, _ = build_affinity_net("resnet38", 5, None)
     x = torch.randn(1, 3, 448, 448)
@@ -203,8 +203,8 @@ def stage_affinity(geo):
 
 def stage_segmentation(geo):
     import torch
-    from models.refine import build_segmentation_net
-    from utils.segmentation import seg_loss, seg_predict
+    from models.registry import build_segmentation_net
+    from wsss.segmentation import seg_loss, seg_predict
     K = SEED_CLASSES[geo] + 1
     torch.manual_seed(0)
     net, _ = build_segmentation_net("deeplabv2_r101", K, None)
@@ -220,8 +220,8 @@ def stage_segmentation(geo):
 
 
 def stage_seg_crf(geo):
-    from engine.segmentation import present_classes
-    from utils.crf import dense_crf
+    from engine.segment import present_classes
+    from wsss.crf import dense_crf
     H, W = GEOMETRY[geo]
     K = SEED_CLASSES[geo] + 1
     res = {"all_s": [], "present_s": [], "agreement": []}
@@ -282,8 +282,8 @@ def run_cpu(stages, geos):
 # ----------------------------------------------------------------------------- GPU pool
 def run_pool(workers, images_per_worker, device_name):
     import torch
-    from utils.cam import cam_dict
-    from utils.crf import crf_available
+    from wsss.cam import cam_dict
+    from wsss.crf import crf_available
     from utils.runtime import resolve_device
     if not crf_available():
         raise SystemExit("pool mode needs pydensecrf2 (pip install pydensecrf2; where no wheel "

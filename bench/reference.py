@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.mct_vit import Attention
-from utils.cam import max_norm
+from wsss.cam import max_norm
 
 _MLSM = F.multilabel_soft_margin_loss
 

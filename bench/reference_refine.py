@@ -1,6 +1,6 @@
 """Literal, loop-level restatements of the refinement and segmentation stage (SPEC_REFINE
 sections 12-15), written from the spec and the reference code, independently of
-``utils/affinity.py``, ``utils/segmentation.py`` and ``utils/optim.py``.
+``wsss/affinity.py``, ``wsss/segmentation.py`` and ``utils/optim.py``.
 
 Used by the tests (``tests/test_affinity.py``, ``test_segmentation.py``, ``test_optim.py``,
 ``test_resnet38.py``) as the restatement to compare the project against on configurations

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from datasets.wsss import collate_single
+from datasets.classification import collate_single
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,

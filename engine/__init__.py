@@ -1,12 +1,12 @@
 """The loops of every stage, one module per stage, each taking explicit arguments and
 returning plain values (deit's ``engine.py`` habit); the top-level scripts wire them.
 
-- ``engine.pcss``: seeds - ``train_one_epoch``, ``fim_round``, ``generate_seeds``,
+- ``engine.seeds``: seeds - ``train_one_epoch``, ``fim_round``, ``generate_seeds``,
   ``validate`` and ``SeedWriter`` (the outputs of ``infer_PCSS.py``).
-- ``engine.affinity``: refinement - AffinityNet's ``train_one_epoch`` and
+- ``engine.refine``: refinement - AffinityNet's ``train_one_epoch`` and
   ``random_walk_masks`` (pseudo masks).
-- ``engine.segmentation``: segmentation - ``train_steps`` and ``predict``.
-- ``engine.pretrain``: the toy set's self-supervised stand-in for ImageNet pre-training.
+- ``engine.segment``: segmentation - ``train_steps`` and ``predict``.
+- ``engine.toy_pretrain``: the toy set's self-supervised stand-in for ImageNet pre-training.
 - ``engine.pipeline``: the runner of ``pipeline.py`` - the stages as the scripts' command
   lines, the preflight, skipping and resuming, the report.
 - ``engine.common``: what the loops share - ``prepare_model`` (compile, then DDP),

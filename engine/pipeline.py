@@ -39,7 +39,7 @@ from datasets.layout import Layout, layout
 from utils.choices import WEIGHT_FILES, backbone_folder
 from utils.errors import UserError
 from utils.lists import read_id_list
-from utils.pipeline import ROOT
+from utils.commands import ROOT
 
 STATE_FILE = "pipeline.json"
 GB = 1e9
@@ -494,7 +494,7 @@ def toy_baseline(name: str, exp: str, data: List[str], common: List[str], train_
                       outputs=[_rel(exp, "untrained", "dict")])
 
     def prepare():
-        from models.checkpoint import save_initial_weights
+        from models.weights import save_initial_weights
 
         lay = layout("TOY", os.path.join(ROOT, seeds.data_path), check=False)
         save_initial_weights(os.path.join(ROOT, weights), seeds.arch, lay.num_classes,
@@ -573,7 +573,7 @@ def preflight(plan: List[Stage], name: str,
     for stage in to_run:
         ns = stage.ns
         if stage.name == "seeds_train" and ns.arch != "toy":
-            from models.checkpoint import DEIT_WEIGHTS
+            from models.weights import DEIT_WEIGHTS
             default, url = DEIT_WEIGHTS.get(ns.arch, DEIT_WEIGHTS["deit_small"])
             path = ns.finetune or default
             if path.lower() != "none" and not os.path.isfile(os.path.join(ROOT, path)):
@@ -887,11 +887,12 @@ def draw_figure(exp: str, lay: Layout) -> None:
     seed | pseudo mask | segmentation)."""
     import numpy as np
 
-    from datasets.wsss import load_image
-    from utils.io import load_cam_dict, read_label_png
-    from utils.pseudo import pseudo_label
+    from datasets.classification import load_image
+    from utils.io import read_label_png
+    from wsss.scorefile import load_cam_dict
+    from wsss.pseudo import pseudo_label
     from utils.report import best_threshold
-    from utils.scorefile import score_file
+    from wsss.scorefile import score_file
     from utils.vis import cam_overlay, save_panel_grid
 
     full = os.path.join(ROOT, exp)

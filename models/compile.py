@@ -134,7 +134,7 @@ def compile_network(net: nn.Module, backend: str = "inductor", mode: Optional[st
                     options: Optional[dict] = None) -> nn.Module:
     """``net`` with its transformer blocks compiled (see the module docstring).
 
-    Other networks (AffinityNet, the segmentation nets of ``models.refine``) get their whole
+    Other networks (AffinityNet, the segmentation nets of ``models.registry``) get their whole
     ``forward`` compiled (``nn.Module.compile``) on a clone that shares their parameters.
 
     Returns a new ``MCTViT`` that shares ``net``'s parameters and buffers; ``net`` itself

@@ -32,7 +32,7 @@ def torchvision_resnet(builder, pretrained: Optional[str], **kw) -> nn.Module:
         return builder(weights="IMAGENET1K_V1", **kw)
     net = builder(weights=None, **kw)
     if pretrained is not None:
-        from models.checkpoint import load_state_dict_file
+        from models.weights import load_state_dict_file
         sd = load_state_dict_file(pretrained)
         missing, unexpected = net.load_state_dict(sd, strict=False)
         if missing or [k for k in unexpected if not k.startswith("fc.")]:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.prefix_sharing import BlockTrace, DropPath, rerun_prefix, traced_block_forward
-from utils.frequency import replace_magnitude
+from wsss.frequency import replace_magnitude
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:

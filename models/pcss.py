@@ -7,8 +7,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from utils.cam import max_norm
-from utils.frequency import mix_magnitude, suppress_frequencies
+from wsss.cam import max_norm
+from wsss.frequency import mix_magnitude, suppress_frequencies
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Layout: the blocks (``WideBlock``, ``BottleneckBlock``), the trunk (``ResNet38``
 two heads as mixins that sit on any trunk with three stride-8 taps (``AffinityHead``: f8_3,
 f8_4, f8_5, f9 and the pairwise affinity; ``LargeFOVHead``: fc8_seg_conv1/2), the two
 ResNet-38 nets, and the weight loading of section 11.5. ``models.backbones`` puts the same
-heads on other trunks; ``models.refine`` picks one by name.
+heads on other trunks; ``models.registry`` picks one by name.
 
 Training mode (11.4): ``train(mode)`` sets the mode as usual, then puts every BatchNorm in
 eval mode with frozen affine parameters and freezes the net's stem (``frozen_modules``);
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.affinity import pair_affinities
+from wsss.affinity import pair_affinities
 from utils.errors import UserError
 
 Features = Dict[str, torch.Tensor]
@@ -266,7 +266,7 @@ def load_resnet38_weights(net: nn.Module, state_dict_or_path: Union[str, os.Path
     Returns ``{"fresh": net keys absent from the file, "dropped": file keys the net lacks}``
     (``num_batches_tracked`` not listed). A shape mismatch, or a missing key that is not the
     net's new head, is a ``UserError`` naming the keys."""
-    from models.checkpoint import load_state_dict_file, unwrap_state_dict
+    from models.weights import load_state_dict_file, unwrap_state_dict
 
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         sd = load_state_dict_file(os.fspath(state_dict_or_path))

@@ -1,4 +1,4 @@
-"""utils.affinity (SPEC_REFINE 12-14) against the loop-level restatements of
+"""wsss.affinity (SPEC_REFINE 12-14) against the loop-level restatements of
 bench/reference_refine.py, on configurations other than the fixture's: radii 3-6, odd and
 non-square grids, crops reaching outside the image, several class counts, betas, logt and
 both background rules; the dense and the sparse walk; dtypes and half precision."""
@@ -10,7 +10,7 @@ from bench.reference_refine import (ref_affinities, ref_affinity_labels, ref_aff
                                     ref_crop_window,
                                     ref_dense_affinity, ref_label_map, ref_pair_indices,
                                     ref_pair_offsets, ref_random_walk, ref_rw_background)
-from utils.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
+from wsss.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
                             dense_affinity, pair_affinities, pair_indices, pair_offsets,
                             random_walk,
                             rw_background, sparse_affinity)

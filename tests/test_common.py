@@ -1,6 +1,6 @@
 """What the scripts share instead of writing it each: the parsers' pieces and argument checks
-(``utils.args``), the missing-input errors (``utils.errors``, ``models.checkpoint``,
-``models.refine``), the start of a training run and its epoch lines (``utils.checkpoint``,
+(``utils.args``), the missing-input errors (``utils.errors``, ``models.weights``,
+``models.registry``), the start of a training run and its epoch lines (``utils.checkpoint``,
 ``utils.logger``), the claim on inference outputs (``engine.common``) and the inference
 loader (``datasets.loader``)."""
 import json
@@ -11,8 +11,8 @@ import torch
 
 from datasets.loader import image_loader
 from engine.common import claim_outputs, pending_outputs
-from models.checkpoint import initial_weights
-from models.refine import find_trained_weights, resolve_init_weights, trained_weights_path
+from models.weights import initial_weights
+from models.registry import find_trained_weights, resolve_init_weights, trained_weights_path
 from utils.args import (check_training_length, overwrite_parent, positive_float,
                         refine_net_parent, script_parser, training_state_parent)
 from utils.checkpoint import claim_run, save_training_state, start_training

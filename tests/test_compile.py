@@ -12,8 +12,8 @@ import torch
 from bench.reference import prefix_sharing_case
 from models import build_model, compile_network, pcss_losses
 from models.compile import is_compiled
-from utils.cam import cam_dict
-from utils.frequency import FrequencyInfluence
+from wsss.cam import cam_dict
+from wsss.frequency import FrequencyInfluence
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*CUDA.*")
 

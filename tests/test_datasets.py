@@ -24,7 +24,7 @@ from datasets.labels import labels_from_mask
 from datasets.layout import COCO_CLASSES, TOY_CLASSES, VOC_CLASSES, layout
 from datasets.prepare import coco_val_subset, prepare_coco, prepare_voc
 from datasets.toy import make_toy
-from datasets.wsss import build_transform
+from datasets.classification import build_transform
 from helpers import WritesMarker
 from utils.errors import UserError
 from utils.io import load_npy_dict, read_label_png

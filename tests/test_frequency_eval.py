@@ -11,9 +11,9 @@ from PIL import Image
 
 from bench.reference import LiteralFIM, literal_miou
 from models import build_model
-from utils.evaluation import cam_miou, default_thresholds, first_peak
-from utils.frequency import FrequencyInfluence, influence_cells, suppress_frequencies
-from utils.io import save_cam_dict
+from wsss.metrics import cam_miou, default_thresholds, first_peak
+from wsss.frequency import FrequencyInfluence, influence_cells, suppress_frequencies
+from wsss.scorefile import save_cam_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,16 +15,16 @@ from PIL import Image
 
 from datasets.layout import TOY_CLASSES
 from datasets.toy import make_toy
-from datasets.wsss import build_dataset
+from datasets.classification import build_dataset
 from helpers import WritesMarker
 from models import build_arch
-from models.checkpoint import load_network
-from utils.cam import cam_dict, label_classes
-from utils.crf import crf_available
+from models.weights import load_network
+from wsss.cam import cam_dict, label_classes
+from wsss.crf import crf_available
 from utils.errors import UserError
-from utils.evaluation import cam_miou
-from utils.io import load_cam_dict
-from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
+from wsss.metrics import cam_miou
+from wsss.scorefile import load_cam_dict
+from wsss.pseudo import crf_score_dict, pseudo_label, score_dict_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]

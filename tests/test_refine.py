@@ -16,15 +16,15 @@ from bench.reference import (literal_affinity_labels, literal_label_map, literal
                              literal_poly_sgd, literal_random_walk, literal_seg_predict)
 from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.deeplab import build_deeplabv2
-from models.refine import affinity_stride, load_affinity_net, load_segmentation_net
+from models.registry import affinity_stride, load_affinity_net, load_segmentation_net
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
-from utils.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
+from wsss.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
                             dense_affinity, pair_indices, pair_offsets, random_walk,
                             rw_background, sparse_affinity)
-from utils.crf import crf_available, crf_with_alpha, dense_crf
+from wsss.crf import crf_available, crf_with_alpha, dense_crf
 from utils.errors import UserError
 from utils.optim import PolySGD
-from utils.segmentation import seg_loss, seg_predict
+from wsss.segmentation import seg_loss, seg_predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))

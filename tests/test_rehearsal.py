@@ -55,7 +55,7 @@ def test_the_voc_like_folder_has_voc_geometry_and_prepares(tmp_path):
 
     from datasets.layout import layout
     from datasets.prepare import prepare_voc
-    from datasets.segmentation import SegTrainDataset
+    from datasets.segmentation_data import SegTrainDataset
     from datasets.voc_like import VOC_SIZES, make_voc_like
     from utils.errors import UserError
     from utils.io import read_label_png

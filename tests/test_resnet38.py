@@ -15,9 +15,9 @@ import torch.nn as nn
 
 from bench.reference_refine import ref_affinities
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
-from utils.affinity import affinity_labels, affinity_loss, pair_offsets
+from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from utils.errors import UserError
-from utils.segmentation import seg_loss
+from wsss.segmentation import seg_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "resnet38_state_dict.json")

@@ -1,4 +1,4 @@
-"""Work at real scale: the compact score files (``utils.scorefile``), the CRF worker pool
+"""Work at real scale: the compact score files (``wsss.scorefile``), the CRF worker pool
 (``engine.pool``) and the CLI paths that use them (``infer_PCSS.py --crf_workers``,
 ``--crf_format``, the reuse of ``dict/``), and ``infer_seg``'s ``--crf_labels present``."""
 import io
@@ -16,15 +16,15 @@ from datasets.layout import TOY_CLASSES
 from datasets.synthetic import GEOMETRY, synthetic_probs, synthetic_scene
 from datasets.toy import make_toy
 from engine.pool import WorkPool
-from engine.segmentation import LabelPngWriter, SegFinish, predict, present_classes
+from engine.segment import LabelPngWriter, SegFinish, predict, present_classes
 from helpers import WritesMarker
 from models import build_arch
-from utils.crf import crf_available
+from wsss.crf import crf_available
 from utils.errors import UserError
-from utils.evaluation import cam_miou
-from utils.io import load_cam_dict, save_cam_dict
-from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
-from utils.scorefile import (CAM_SCALE, CRF_SCALE, MAGIC, decode_score_dict,
+from wsss.metrics import cam_miou
+from wsss.scorefile import load_cam_dict, save_cam_dict
+from wsss.pseudo import crf_score_dict, pseudo_label, score_dict_label
+from wsss.scorefile import (CAM_SCALE, CRF_SCALE, MAGIC, decode_score_dict,
                              encode_score_dict, load_score_dict, save_score_dict, score_file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +186,7 @@ def run_script(script, *args, cwd, prelude=""):
 
 DATA = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0", "--arch", "toy",
         "--device", "cpu", "--load_pretrained", "w.pth"]
-NO_NETWORK = ("import models.checkpoint as c\n"
+NO_NETWORK = ("import models.weights as c\n"
               "def boom(*a, **k):\n    raise SystemExit('the network was loaded')\n"
               "c.load_network = boom")
 

@@ -6,7 +6,7 @@ and refusals of those scripts.
 The seeds are synthetic so that no PCSS training is needed: per class present, the ground
 truth mask eroded and blurred, normalised to max 1 (``synthetic_seeds``). Like CAMs they peak
 inside the object and under-cover it; the CRF score dicts are made from them by the library
-function ``infer_PCSS.py --crf`` uses (``utils.pseudo.crf_score_dict``). The scripts run as
+function ``infer_PCSS.py --crf`` uses (``wsss.pseudo.crf_score_dict``). The scripts run as
 users run them: subprocesses with the experiment folder under their working directory.
 """
 import hashlib
@@ -25,12 +25,13 @@ from PIL import Image
 
 from datasets.layout import TOY_CLASSES, layout
 from datasets.toy import make_toy, toy_sample
-from datasets.wsss import load_image
+from datasets.classification import load_image
 from utils.checkpoint import load_training_state
-from utils.crf import crf_available
-from utils.io import read_label_png, save_cam_dict
+from wsss.crf import crf_available
+from utils.io import read_label_png
+from wsss.scorefile import save_cam_dict
 from utils.lists import read_id_list
-from utils.pseudo import crf_score_dict
+from wsss.pseudo import crf_score_dict
 
 pytestmark = pytest.mark.skipif(not crf_available(), reason="the CRF score dicts need "
                                                             "pydensecrf2")
@@ -223,9 +224,9 @@ def test_test_split_writes_the_server_layout_and_archive(work):
     for VOC12; for the toy set it asks for --infer_list). The network is a randomly
     initialised 21-class toy net (varied labels), checked against the library's
     prediction."""
-    from datasets.wsss import WSSSDataset, build_transform
-    from models.refine import build_segmentation_net, load_segmentation_net
-    from utils.segmentation import seg_predict
+    from datasets.classification import WSSSDataset, build_transform
+    from models.registry import build_segmentation_net, load_segmentation_net
+    from wsss.segmentation import seg_predict
 
     data = work / "data"
     for n, i in enumerate(TEST_IDS):
@@ -334,7 +335,7 @@ def test_torchrun_two_cpu_processes(work):
     aff = exp(work, "ddp", "aff")
     state = torch.load(aff / "aff_net.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in state)   # the bare net, not DDP's wrapper
-    from models.refine import load_affinity_net
+    from models.registry import load_affinity_net
     load_affinity_net("toy", str(aff / "aff_net.pth"))        # loads strictly
     assert [entry["epoch"] for entry in log_lines(aff)] == [0]   # logged once, by rank 0
     assert "32 images, 4 steps per epoch" in (aff / "train.log").read_text()

@@ -15,7 +15,7 @@ ARCHS = ("deit_small", "deit_tiny", "toy")
 # mixed precision (utils.runtime.autocast_context)
 AMP_MODES = ("none", "bf16", "fp16")
 
-# refinement and segmentation networks (models.refine) by stage: PSA's ResNet-38 (the
+# refinement and segmentation networks (models.registry) by stage: PSA's ResNet-38 (the
 # reference, the default on VOC and COCO), torchvision ResNets (ImageNet weights from a
 # file), and a small one for the toy set (its default there)
 BACKBONES = {
@@ -28,7 +28,7 @@ BACKBONES = {
 }
 AFF_BACKBONES = tuple(BACKBONES["affinity"])
 SEG_BACKBONES = tuple(BACKBONES["segmentation"])
-AFF_RECIPES = ("mct", "psa")     # AffinityNet lr / epochs: MCTformer's or PSA's (models.refine)
+AFF_RECIPES = ("mct", "psa")     # AffinityNet lr / epochs: MCTformer's or PSA's (models.registry)
 
 # torchvision trunks: ImageNet weights through their constructors, or --weights download
 TORCHVISION_BACKBONES = ("resnet50", "deeplabv2_r101")

@@ -62,14 +62,6 @@ def load_npy_dict(path: str) -> dict:
     return obj
 
 
-def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
-    """Read a CAM or score dict, saved with ``np.save`` (PSA's format) or in the compact
-    format (``utils.scorefile``); keys are 0-based class indices."""
-    from utils.scorefile import load_score_dict   # it builds on this module
-
-    return load_score_dict(path)
-
-
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yield a temporary path beside ``path`` to write to; on success it is renamed to
@@ -82,12 +74,6 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def save_cam_dict(path: str, cams: Dict[int, np.ndarray]) -> None:
-    """Write a CAM dict in the format PSA / IRN style refinement reads (atomically)."""
-    with atomic_path(path) as tmp:
-        np.save(tmp, {int(k): v for k, v in cams.items()})
 
 
 def read_label_png(path: str) -> np.ndarray:

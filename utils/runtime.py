@@ -29,7 +29,7 @@ def seed_everything(seed: int) -> None:
 
 def autocast_context(device: torch.device, amp: str = "none"):
     """``nullcontext`` for ``none``, else ``torch.autocast`` in bf16 / fp16. FFTs inside
-    the model promote to float32 themselves (utils.frequency)."""
+    the model promote to float32 themselves (wsss.frequency)."""
     if amp == "none":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

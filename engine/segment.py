@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.wsss import load_image
+from datasets.classification import load_image
 from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
 from utils.dist import DistInfo, all_reduce_sum
 from utils.runtime import autocast_context
-from utils.segmentation import seg_loss, seg_predict
+from wsss.segmentation import seg_loss, seg_predict
 from utils.vis import save_label_png
 
 
@@ -84,7 +84,7 @@ class SegFinish:
 
     def __call__(self, image_id: str, probs: np.ndarray,
                  classes: Optional[np.ndarray] = None) -> None:
-        from utils.crf import dense_crf
+        from wsss.crf import dense_crf
 
         if self.crf:
             rgb = np.asarray(load_image(self.image_path(image_id)))

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from datasets.layout import Layout
-from datasets.wsss import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
+from datasets.classification import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
 from utils.errors import UserError, describe_missing
 from utils.io import read_label_png
 

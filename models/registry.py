@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from models.backbones import ResNet50Aff, ToyAff, ToySeg
-from models.checkpoint import initial_weights, load_model_weights
+from models.weights import initial_weights, load_model_weights
 from models.deeplab import DeepLabV2
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, head_keys, load_resnet38_weights
 from utils.choices import TORCHVISION_BACKBONES, TRAINED_FILES, WEIGHT_FILES, backbone_folder

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
-from utils.affinity import (affinity_labels, affinity_loss, random_walk, rw_background,
+from wsss.affinity import (affinity_labels, affinity_loss, random_walk, rw_background,
                             sparse_affinity)
 from utils.dist import DistInfo, all_reduce_sum
-from utils.io import load_cam_dict
-from utils.scorefile import score_file
+from wsss.scorefile import load_cam_dict
+from wsss.scorefile import score_file
 from utils.runtime import autocast_context
 
 LOSS_NAMES = ("bg", "fg", "neg", "total")

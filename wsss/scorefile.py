@@ -35,7 +35,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from utils.errors import UserError
-from utils.io import atomic_path, load_npy_dict, save_cam_dict
+from utils.io import atomic_path, load_npy_dict
 
 MAGIC = b"\x89PCSS-SDZ\n"
 VERSION = 1
@@ -168,6 +168,12 @@ def decode_score_dict(data: bytes, name: str = "the score file") -> Dict[int, np
     return {k: v[i] for i, k in enumerate(keys)}
 
 
+def save_cam_dict(path: str, cams: Dict[int, np.ndarray]) -> None:
+    """Write a CAM dict in the format PSA / IRN style refinement reads (atomically)."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, {int(k): v for k, v in cams.items()})
+
+
 def save_score_dict(path: str, scores: Dict[int, np.ndarray], fmt: Optional[str] = None,
                     scale: float = CAM_SCALE, dither: bool = False) -> None:
     """Write ``scores`` atomically in ``fmt`` (default: the format of ``path``'s extension,
@@ -207,3 +213,9 @@ def score_file(folder: str, image_id: str) -> str:
         if os.path.isfile(path):
             return path
     return os.path.join(folder, image_id + FORMATS["psa"])
+
+
+def load_cam_dict(path: str) -> Dict[int, np.ndarray]:
+    """Read a CAM or score dict, saved with ``np.save`` (PSA's format) or in the compact
+    format; keys are 0-based class indices (``load_score_dict``)."""
+    return load_score_dict(path)

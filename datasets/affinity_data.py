@@ -8,12 +8,12 @@ outside the image (origins drawn with Python's ``random.randrange``, width first
 height); normalise the crop; with probability 1/2 (``random.getrandbits(1)``) flip image and
 scores together; scores pooled by means over stride x stride blocks (8 x 8 for the reference
 backbones) into the label map ``y`` (0 background, 1..n the dict's channels, 255 ignored;
-``utils.affinity.affinity_label_map``). Items are ``(image 3 x S x S float32, y (S/stride) x
+``wsss.affinity.affinity_label_map``). Items are ``(image 3 x S x S float32, y (S/stride) x
 (S/stride) int64)``; the pair labels of section 12.3 are made from ``y`` batch-wise in the
 training loop.
 
 The score dicts (PSA's ``.npy`` or the compact ``.sdz``) are read through
-``utils.scorefile.load_score_dict`` (no code runs from them); a
+``wsss.scorefile.load_score_dict`` (no code runs from them); a
 missing dict for a listed id is reported up front, with the command that writes them.
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from datasets.layout import Layout
-from datasets.wsss import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
-from utils.affinity import affinity_label_map, crop_window
+from datasets.classification import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, load_image
+from wsss.affinity import affinity_label_map, crop_window
 from utils.errors import UserError, describe_missing
-from utils.scorefile import load_score_dict, score_file
+from wsss.scorefile import load_score_dict, score_file
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).reshape(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).reshape(3, 1, 1)

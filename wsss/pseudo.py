@@ -31,7 +31,7 @@ def crf_score_dict(rgb: np.ndarray, cams: Dict[int, np.ndarray],
     ``[(1 - max_k cam_k)^alpha, cam_k ...]`` on the uint8 RGB image, as a score dict
     ``{0: background, k + 1: class k}`` (float32). An image without classes gets
     ``{0: ones}``."""
-    from utils.crf import crf_with_alpha
+    from wsss.crf import crf_with_alpha
 
     if not cams:
         return {0: np.ones(rgb.shape[:2], np.float32)}

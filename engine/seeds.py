@@ -11,17 +11,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.wsss import load_image
+from datasets.classification import load_image
 from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
 from models.pcss import PCSSConfig
-from utils.cam import cam_dict
+from wsss.cam import cam_dict
 from utils.dist import DistInfo, all_reduce_sum, barrier
-from utils.evaluation import cam_miou, first_peak
-from utils.frequency import FrequencyInfluence
-from utils.io import save_cam_dict
+from wsss.metrics import cam_miou, first_peak
+from wsss.frequency import FrequencyInfluence
+from wsss.scorefile import save_cam_dict
 from utils.manifest import claim_folder, producer
-from utils.pseudo import crf_score_dict, pseudo_label, score_dict_label
-from utils.scorefile import CAM_SCALE, CRF_SCALE, FORMATS, save_score_dict, score_file
+from wsss.pseudo import crf_score_dict, pseudo_label, score_dict_label
+from wsss.scorefile import CAM_SCALE, CRF_SCALE, FORMATS, save_score_dict, score_file
 from utils.runtime import autocast_context
 from utils.vis import cam_panel, save_jpeg, save_label_png
 
@@ -113,7 +113,7 @@ def seeds_from_dicts(dict_dir: str, ids: Sequence[str],
                      progress: bool = True, desc: str = "seeds from dict/") -> int:
     """``generate_seeds`` without the network: the CAM dicts of ``ids`` read back from
     ``dict_dir`` handed to ``write(id, cams)``. Returns the count."""
-    from utils.io import load_cam_dict
+    from wsss.scorefile import load_cam_dict
 
     for image_id in tqdm(ids, desc=desc, unit="img", dynamic_ncols=True, disable=not progress):
         write(image_id, load_cam_dict(score_file(dict_dir, image_id)))
@@ -129,7 +129,7 @@ class SeedWriter:
     """The ``generate_seeds`` writer of ``infer_PCSS.py``: every asked-for output of an
     image. ``folders`` maps an output kind to its folder; kinds are ``"dict"``, ``"png"``,
     ``"vis"`` and, per CRF alpha a, ``("crf", a)`` (PSA score dicts) and ``("crf_png", a)``.
-    ``formats`` gives the file format (``utils.scorefile.FORMATS``) of the "dict" and "crf"
+    ``formats`` gives the file format (``wsss.scorefile.FORMATS``) of the "dict" and "crf"
     kinds."""
     folders: Dict[Union[str, Tuple[str, float]], str]
     threshold: float                       # background score of the "png" pseudo labels
