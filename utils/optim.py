@@ -1,4 +1,4 @@
-"""PSA's ``PolyOptimizer`` (SPEC_REFINE 13.4; MCTformer's ``PolyOptimizer_cls`` is the same):
+"""PSA's ``PolyOptimizer`` (``tool/torchutils.py``; MCTformer's ``PolyOptimizer_cls`` is the same):
 SGD whose every group's learning rate follows a poly schedule per step."""
 from __future__ import annotations
 
