@@ -1,4 +1,4 @@
-"""Fourier-domain operations of PCSS (SPEC.md sections 1, 3 and 4).
+"""Fourier-domain operations of PCSS (ECCV 2024; the authors' ``engine.py`` and network).
 
 * ``replace_magnitude`` / ``mix_magnitude``: magnitude-mixing phase concentration (MPC).
 * ``suppress_frequencies``: frequency shortcut suppression (FSS) of training images.
@@ -91,7 +91,7 @@ def influence_cells(grid: int) -> List[Tuple[Tuple[int, int], Optional[Tuple[int
 
 
 class FrequencyInfluence:
-    """Per-class frequency influence map (SPEC section 4).
+    """Per-class frequency influence map (docs/method.md, Frequency influence maps).
 
     Usage per round: ``start_round()``; ``accumulate(net, images, labels)`` per batch until
     it returns True (every class used its budget) or the data runs out; ``finish_round()``
