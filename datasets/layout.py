@@ -1,4 +1,4 @@
-"""Where each dataset keeps its files (SPEC.md section 8). No torch import here.
+"""Where each dataset keeps its files (docs/method.md, Data). No torch import here.
 
 ``layout(data_set, data_path)`` returns a ``Layout`` with every path the scripts need, so
 that no script spells out a directory name itself.

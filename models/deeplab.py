@@ -1,4 +1,4 @@
-"""DeepLabV2 on an ImageNet ResNet-101 from torchvision (SPEC_REFINE 15.4; ours, not the
+"""DeepLabV2 on an ImageNet ResNet-101 from torchvision (DeepLab, TPAMI 2018; ours, not the
 reference): the segmentation network of most recent WSSS tables.
 
 torchvision ``resnet101`` with ``replace_stride_with_dilation=[False, True, True]`` (output
@@ -76,7 +76,7 @@ class DeepLabV2(FrozenBatchNormMixin, nn.Module):
 
 
 def build_deeplabv2(num_classes: int = 21, pretrained: Optional[str] = None) -> DeepLabV2:
-    """DeepLabV2-ResNet-101 (15.4); ``pretrained``: torchvision's ImageNet resnet101 file,
-    ``"download"``, or None (random)."""
+    """DeepLabV2-ResNet-101 (docs/method.md, Segmentation network); ``pretrained``:
+    torchvision's ImageNet resnet101 file, ``"download"``, or None (random)."""
     return DeepLabV2(num_classes, pretrained)
 

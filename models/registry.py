@@ -1,5 +1,5 @@
 """The refinement and segmentation networks by name (``--backbone``), their initial weights,
-and their training recipes. Every net has the methods of SPEC_REFINE section 16
+and their training recipes. Every net has the same methods
 (``features``, ``embed`` / ``forward``, ``param_groups``, ``train`` freezing), so one loop
 serves all.
 
@@ -145,8 +145,9 @@ def load_segmentation_net(backbone: str, path: str, num_classes: int,
 
 
 def aff_recipe(name: str) -> Dict[str, float]:
-    """Default ``lr`` and ``max_epoches`` of ``train_aff.py`` (13.3): MCTformer's ("mct":
-    0.01, 5 epochs, the default) or PSA's ("psa": 0.1, 8 epochs)."""
+    """Default ``lr`` and ``max_epoches`` of ``train_aff.py`` (docs/method.md, Affinity
+    loss): MCTformer's ("mct": 0.01, 5 epochs, the default) or PSA's ("psa": 0.1, 8
+    epochs)."""
     return {"mct": {"lr": 0.01, "max_epoches": 5}, "psa": {"lr": 0.1, "max_epoches": 8}}[name]
 
 
