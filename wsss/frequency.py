@@ -1,4 +1,4 @@
-"""Fourier-domain operations of PCSS (ECCV 2024; the authors' ``engine.py`` and network).
+"""Fourier-domain operations of PCSS (ECCV 2024), as the authors' code computes them.
 
 * ``replace_magnitude`` / ``mix_magnitude``: magnitude-mixing phase concentration (MPC).
 * ``suppress_frequencies``: frequency shortcut suppression (FSS) of training images.
