@@ -63,8 +63,11 @@ class Dataset:
     (seed validation while training), ``infer`` (``infer_PCSS.py``), ``eval``
     (``evaluation.py``; pseudo masks are scored on it) and ``seg_val`` (``infer_seg.py``).
     ``test``: the list of a test split predicted for an evaluation server (``infer_seg.py
-    --split test``), None if there is none. ``disk_per_image`` / ``seconds_per_image`` /
-    ``literature``: the pipeline's estimates and the published figures its report shows."""
+    --split test``), None if there is none. ``where`` (how to get the data) and
+    ``make_lists`` (the command that writes its lists and labels) may name the folder as
+    ``{path}`` (and ``make_lists`` the dataset as ``{name}``). ``disk_per_image`` /
+    ``seconds_per_image`` / ``literature``: the pipeline's estimates and the published
+    figures its report shows."""
     name: str
     classes: Tuple[str, ...]
     lists: Mapping[str, str]
