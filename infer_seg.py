@@ -72,8 +72,8 @@ def run(args, device, info) -> None:
     test = args.split == "test"
     lay = layout(args.data_set, args.data_path)
     if test and lay.test_list is None and args.infer_list is None:
-        raise UserError(f"--split test is an evaluation server's test split, which "
-                        f"{args.data_set} has not (VOC 2012 has); pass --infer_list")
+        raise UserError(f"--split test is an evaluation server's test split (VOC 2012's); "
+                        f"{args.data_set} has none: for other datasets pass --infer_list")
     exp = os.path.join("experiment", args.name)
     backbone = args.backbone or lay.dataset.backbone
     weights = find_trained_weights(args.weights, exp, "segmentation", backbone)

@@ -8,8 +8,8 @@ own command lines, the checks before any work, skipping and resuming, and the re
   different things in different scripts needs a stage, ``--train_aff.weights FILE``).
 - **Preflight** (``preflight``): every stage's command line parses; the data layout; every
   weight file the stages start from (named, with where to get it); free disk against what
-  the stages will write (the dataset's ``disk_per_image`` x list lengths); the device. One line per
-  problem, and nothing is written.
+  the stages will write (the dataset's ``disk_per_image`` x list lengths); the device. One
+  line per problem, and nothing is written.
 - **Skipping and resuming** (``decide``): ``experiment/<name>/pipeline.json`` records, per
   stage, a key (its command line and the keys of the stages it reads from) and the
   fingerprints of its outputs. A stage whose key and outputs are unchanged is skipped; one
@@ -470,7 +470,7 @@ def toy_baseline(name: str, exp: str, data: List[str], common: List[str], train_
 
         lay = layout(TOY_SET.name, os.path.join(ROOT, seeds.data_path), check=False)
         save_initial_weights(os.path.join(ROOT, weights), seeds.arch, lay.num_classes,
-                             seeds.input_size or 96, seeds.seed)
+                             seeds.input_size or TOY_SET.input_size, seeds.seed)
         _write_ids(os.path.join(ROOT, ids),
                    read_id_list(os.path.join(ROOT, train_list))[:images])
     untrained.prepare = prepare

@@ -96,3 +96,24 @@ def test_the_readme_extending_section_runs_as_written(tmp_path):
     state = torch.load(saved[0], map_location="cpu", weights_only=True)
     assert "trunk.0.weight" in state                          # the dataset's backbone: tiny
     assert state["fc8_seg_conv2.weight"].shape[0] == 3       # background, circle, square
+
+
+def test_registry_lookups_name_the_choices():
+    from datasets.layout import CocoDataset, DATASETS, layout, register_dataset
+    from models.registry import build_segmentation_net, register_backbone, BACKBONES
+    from utils.errors import UserError
+    from utils.registry import Registry
+
+    with pytest.raises(UserError, match="unknown --data-set 'NOPE'; choose one of VOC12, COCO"):
+        layout("NOPE", ROOT, check=False)
+    with pytest.raises(UserError, match="resnet50 has no segmentation net; choose one of "
+                                        "resnet38, deeplabv2_r101, toy"):
+        build_segmentation_net("resnet50", 3)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_dataset(CocoDataset("COCO", ("a",), lists={}))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_backbone(BACKBONES["toy"])
+    reg = Registry("thing", "--thing")
+    reg.register("a", 1)
+    assert list(reg) == ["a"] and "a" in reg and reg["a"] == 1 and len(reg) == 1
+    assert len(DATASETS) >= 3
