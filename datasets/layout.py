@@ -14,6 +14,7 @@ every path the scripts need, so that no script spells out a directory name itsel
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
@@ -277,11 +278,10 @@ def layout(data_set: str, data_path: str, check: bool = True) -> Layout:
                   at(lists["seg_val"]), at(entry.test) if entry.test else None)
 
 
-def data_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012"):
+def data_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012"
+                ) -> argparse.ArgumentParser:
     """``--data-set`` (a registered dataset) and ``--data-path``: every script's data
     options, with the defaults of the script (e.g. COCO's for train_PCSS_coco.py)."""
-    import argparse
-
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
     g.add_argument("--data-set", "--data_set", dest="data_set", default=data_set,
