@@ -56,9 +56,9 @@ class DeepLabV2(FrozenBatchNormMixin, nn.Module):
 
 
 def build_deeplabv2(num_classes: int = 21, pretrained: Optional[str] = None) -> DeepLabV2:
-    """DeepLabV2-ResNet-101 (15.4); ``pretrained``: torchvision's ImageNet resnet101 file,
-    ``"download"``, or None (random), loaded as the registry's ``deeplabv2_r101`` entry says
-    (``models.registry.load_initial_weights``)."""
+    """DeepLabV2-ResNet-101 (docs/method.md, Segmentation network); ``pretrained``:
+    torchvision's ImageNet resnet101 file, ``"download"``, or None (random), loaded as the
+    registry's ``deeplabv2_r101`` entry says (``models.registry.load_initial_weights``)."""
     net = DeepLabV2(num_classes)
     load_initial_weights(net, "deeplabv2_r101", pretrained)
     return net

@@ -284,8 +284,9 @@ AFF_RECIPES = {     # train_aff.py --recipe: MCTformer's (the default) or PSA's 
 
 
 def aff_recipe(name: str) -> Dict[str, float]:
-    """Default ``lr`` and ``max_epoches`` of ``train_aff.py`` (13.3): MCTformer's ("mct":
-    0.01, 5 epochs, the default) or PSA's ("psa": 0.1, 8 epochs)."""
+    """Default ``lr`` and ``max_epoches`` of ``train_aff.py`` (docs/method.md, Affinity
+    loss): MCTformer's ("mct": 0.01, 5 epochs, the default) or PSA's ("psa": 0.1, 8
+    epochs)."""
     return dict(AFF_RECIPES[name])
 
 

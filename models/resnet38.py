@@ -259,9 +259,9 @@ def head_keys(net: nn.Module) -> List[str]:
 
 def load_resnet38_weights(net: nn.Module, state_dict_or_path: Union[str, os.PathLike, Mapping]
                           ) -> Dict[str, List[str]]:
-    """Load PSA / MCTformer weights into ``net`` (11.5): ``res38_cls.pth`` (the classifier:
-    its ``fc8`` is dropped, the new head keeps its initialisation), ``res38_aff.pth`` /
-    ``resnet38_aff.pth``, segmentation checkpoints; bare or in ``{'model'|'state_dict':
+    """Load PSA / MCTformer weights into ``net`` (docs/method.md, ResNet-38):
+    ``res38_cls.pth`` (the classifier: its ``fc8`` is dropped, the new head keeps its
+    initialisation), ``res38_aff.pth`` / ``resnet38_aff.pth``, segmentation checkpoints; bare or in ``{'model'|'state_dict':
     ...}``, with or without a ``module.`` prefix, with or without ``num_batches_tracked``.
     Returns ``{"fresh": net keys absent from the file, "dropped": file keys the net lacks}``
     (``num_batches_tracked`` not listed). A shape mismatch, or a missing key that is not the
