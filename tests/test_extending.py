@@ -117,3 +117,18 @@ def test_registry_lookups_name_the_choices():
     reg.register("a", 1)
     assert list(reg) == ["a"] and "a" in reg and reg["a"] == 1 and len(reg) == 1
     assert len(DATASETS) >= 3
+
+
+def test_training_recipes_come_from_the_backbone_entries():
+    """train_seg.py's defaults: MCTformer's for resnet38 (its weight decay passed as SGD's
+    momentum), deeplab-pytorch's 20,000 iterations of batch 10 as epochs for DeepLabV2."""
+    from models.registry import seg_optim, seg_recipe
+
+    assert seg_recipe("resnet38", 10582) == {"num_epochs": 30, "batch_size": 4, "lr": 7e-4,
+                                             "wt_dec": 1e-5}
+    assert seg_recipe("deeplabv2_r101", 10582) == {"num_epochs": 19, "batch_size": 10,
+                                                   "lr": 2.5e-4, "wt_dec": 5e-4}
+    assert seg_recipe("deeplabv2_r101", 5)["num_epochs"] == 20000
+    assert seg_optim("resnet38", 1e-5, None) == (0.0, 1e-5)
+    assert seg_optim("resnet38", 1e-5, 0.9) == (1e-5, 0.9)
+    assert seg_optim("deeplabv2_r101", 5e-4, None) == (5e-4, 0.9)
