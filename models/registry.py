@@ -23,13 +23,13 @@ import argparse
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from utils.errors import UserError
 from utils.registry import Registry, import_object
 
-Info = Dict[str, List[str]]          # {"fresh": [...], "dropped": [...]}
-STAGES = ("affinity", "segmentation")
+if TYPE_CHECKING:                    # torch: only for the annotations
+    from models.weights import WeightReport
 
 # stage -> (its folder in experiment/<name>/, the trained net's file, the script that trains
 # it, an example of a file from elsewhere that loads too)
@@ -186,7 +186,7 @@ def resolve_init_weights(backbone: str, value: Optional[str], stage: str) -> Opt
         keep=("download",) if entry.download else ())
 
 
-def load_initial_weights(net, backbone: str, weights: Optional[str]) -> Info:
+def load_initial_weights(net, backbone: str, weights: Optional[str]) -> WeightReport:
     """Initialise ``net`` (a net of ``backbone``) from ``weights`` (a file, ``"download"``
     for the torchvision backbones, or None: nothing loaded, everything fresh) through the
     one loader, as the backbone's entry says; returns which keys were fresh / dropped."""

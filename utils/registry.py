@@ -45,9 +45,6 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def values(self):
-        return list(self._entries.values())
-
 
 def import_object(target: Union[str, Callable]) -> Callable:
     """``target`` itself when it is already an object, else the object a
