@@ -1,6 +1,6 @@
 """mIoU of CAM seeds over thresholds, or of any label predictions (pseudo labels, CRF,
-random-walk masks, segmentation) against the ground truth (SPEC section 7), for VOC 2012,
-COCO 2014 and the toy set.
+random-walk masks, segmentation) against the ground truth (docs/method.md, Seed evaluation),
+for VOC 2012, COCO 2014 and the toy set.
 
     python evaluation.py --name voc_pcss --task cam                 # experiment/voc_pcss/dict
     python evaluation.py --name voc_pcss --task png

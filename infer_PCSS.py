@@ -1,5 +1,5 @@
-"""CAM seeds of a trained PCSS model (SPEC section 6), plus pseudo labels, CRF score dicts
-and overlays.
+"""CAM seeds of a trained PCSS model (docs/method.md, CAM inference), plus pseudo
+labels, CRF score dicts and overlays.
 
     python infer_PCSS.py --name voc_pcss --load_epo 59 --dict
     python infer_PCSS.py --name voc_release --load_pretrained pretrained/eccv24_pcss_wsss_69.5_pascal.pth --dict

@@ -1,4 +1,4 @@
-"""The random walk (PSA, as MCTformer runs it; SPEC_REFINE section 14): seeds + AffinityNet
+"""The random walk (PSA, as MCTformer's ``psa/infer_aff.py`` runs it): seeds + AffinityNet
 -> pseudo masks.
 
     python infer_aff.py --name pcss_voc --infer_list data/VOC2012/ImageSets/Segmentation/train.txt
@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cam_dir", default=None,
                    help="seed dicts (default experiment/<name>/dict)")
     g.add_argument("--out_rw", default=None, help="output folder (default experiment/<name>/rw)")
-    g = p.add_argument_group("random walk (SPEC_REFINE 14)")
+    g = p.add_argument_group("random walk")
     g.add_argument("--beta", type=float, default=8, help="affinity power")
     g.add_argument("--logt", type=int, default=6,
                    help="log2 of the walk length (6: 64 steps, MCTformer; PSA used 8)")

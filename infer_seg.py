@@ -1,6 +1,6 @@
 """Predict with the trained segmentation network: multi-scale (+ flip) inference and the
-dense CRF (MCTformer's ``seg/infer_seg.py``, SPEC_REFINE 15.3-15.4), scores on val, and the
-VOC test server's layout.
+dense CRF (MCTformer's ``seg/infer_seg.py``; docs/method.md, Segmentation inference),
+scores on val, and the VOC test server's layout.
 
     python infer_seg.py --name pcss_voc --use_crf
     python evaluation.py --name pcss_voc --task png --dict_dir experiment/pcss_voc/seg --list val
@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--infer_list", "--val_list", dest="infer_list", default=None,
                    help="ids to predict (overrides --split's list)")
     g.add_argument("--out", default=None, help="output folder (default experiment/<name>/seg)")
-    g = p.add_argument_group("inference (SPEC_REFINE 15.3-15.4)")
+    g = p.add_argument_group("inference")
     g.add_argument("--scales", type=positive_float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                    help="also run each scale on the flipped image (ours)")

@@ -92,7 +92,7 @@ def run(args, device, info) -> None:
     model = build_arch(args.arch, lay.num_classes, args.input_size, args.drop_path)
     if finetune:
         init_from_deit(model, finetune, report=log.text)
-    model.norm.requires_grad_(False)  # the final norm is never applied (SPEC section 1)
+    model.norm.requires_grad_(False)  # the final norm is never applied (as in MCTformer)
     frozen = freeze_parameters(model, args.freeze)
     model_without_ddp = model.to(device)    # its state dict is what is saved
     # what the evaluation paths call (FIM, seeds), and what the training step calls

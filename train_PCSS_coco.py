@@ -1,4 +1,4 @@
-"""Train PCSS on MS COCO 2014: train_PCSS.py with the COCO defaults of SPEC section 3
+"""Train PCSS on MS COCO 2014: train_PCSS.py with the COCO defaults of the authors' code
 (W = 0.4 0.4, FIM from epoch 3, MPC CAM loss from epoch 3, validation from epoch 10).
 
     python train_PCSS_coco.py --name pcss_coco --data-path data/COCO2014

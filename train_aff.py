@@ -1,5 +1,5 @@
 """Train AffinityNet on the CRF-confident regions of the seeds (PSA, as MCTformer runs it;
-SPEC_REFINE sections 12-13). The second stage: seeds -> affinities -> (infer_aff.py) masks.
+``psa/train_aff.py``). The second stage: seeds -> affinities -> (infer_aff.py) masks.
 
     python infer_PCSS.py --name pcss_voc --load_epo 59 --crf --alphas 1 12
     python train_aff.py --name pcss_voc --weights pretrained/res38_cls.pth
@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="high-alpha CRF score dicts (default experiment/<name>/crf/12)")
     g.add_argument("--crop_size", type=int, default=448,
                    help="random crop side (a multiple of the backbone's stride: 8, toy 4)")
-    g = p.add_argument_group("optimisation (SPEC_REFINE 13.3-13.4)")
+    g = p.add_argument_group("optimisation (PSA's PolyOptimizer)")
     g.add_argument("--recipe", choices=tuple(AFF_RECIPES), default="mct",
                    help="defaults of --lr and --max_epoches: mct (0.01, 5) or psa (0.1, 8)")
     g.add_argument("--batch_size", type=int, default=8)

@@ -1,5 +1,5 @@
-"""Train the segmentation network on the pseudo masks (MCTformer's ``seg/``, SPEC_REFINE
-section 15): the third stage, masks -> a DeepLab.
+"""Train the segmentation network on the pseudo masks (MCTformer's
+``seg/train_seg.py``): the third stage, masks -> a DeepLab.
 
     python train_seg.py --name pcss_voc --weights pretrained/res38_cls.pth
     python train_seg.py --name pcss_voc --backbone deeplabv2_r101 --weights pretrained/resnet101-63fe2227.pth
@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    choices=(0, 255),
                    help="label of the crop's padding: 0 = background (the reference) or 255 "
                         "= ignored")
-    g = p.add_argument_group("optimisation (SPEC_REFINE 15.2, 15.4)")
+    g = p.add_argument_group("optimisation (poly SGD)")
     g.add_argument("--num_epochs", "--epochs", dest="num_epochs", type=int, default=None,
                    help="epochs (default 30 for resnet38 as run_seg.sh; deeplabv2_r101: as "
                         "many as 20,000 iterations of batch 10 make)")

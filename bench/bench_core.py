@@ -1,5 +1,5 @@
-"""Speed goals of issues 2 and 11 on this machine: ours vs a reference-style baseline, and
-the compiled network against the eager one (``compile_*``, ``bf16``; issue 11).
+"""Speed goals on this machine: ours vs a reference-style baseline, and the compiled
+network against the eager one (``compile_*``, ``bf16``).
 
     python bench/bench_core.py {train,prefix,fim,infer,softmax,score,all,compile_fim,
                                  compile_infer,compile_train,bf16,compile} [--repeats N]
@@ -39,7 +39,7 @@ from wsss.scorefile import load_cam_dict, save_cam_dict  # noqa: E402
 from utils.schedule import make_adamw, param_groups  # noqa: E402
 
 GOALS = {"train_exact": 1.2, "train_reuse": 1.4, "fim": 1.3, "infer": 1.5, "score": 30.0,
-         # issue 11: the compiled network (models.compile_network) against the eager one
+         # the compiled network (models.compile_network) against the eager one
          "compile_fim": 1.5, "compile_infer": 1.3, "compile_train": 1.25}
 # Not goals: the measured gains of two design choices, cited where they are made
 # (models/prefix_sharing.py, the in-place softmax in models/mct_vit.py).
@@ -436,7 +436,7 @@ def bench_infer(repeats: int) -> None:
 
 
 # ------------------------------------------------------------------ compiled network
-# Issue 11: ``compile_network(net)`` against the eager ``net`` (the same parameters), in
+# ``compile_network(net)`` against the eager ``net`` (the same parameters), in
 # one process, interleaved. Each section first reports the warm-up (the first calls, which
 # compile; ``--cold-cache`` points inductor at an empty cache directory so that they
 # include the C++ compilation) and checks that the numbers agree.

@@ -1,6 +1,6 @@
 """Training-step throughput on a GPU: the PCSS step of DeiT-S (20 classes, batch 64 at 224,
 epoch 3 so FSS and MPC are both on, drop path 0.1, fused AdamW), eager and compiled
-(``models.compile_network``), float32 and bf16 autocast. This is issue 11's GPU table.
+(``models.compile_network``), float32 and bf16 autocast (bench/README.md, the GPU table).
 
     python -m bench.bench_gpu                     # batch 64, 20 timed steps per variant
     python -m bench.bench_gpu --batch 32 --steps 10

@@ -1,4 +1,4 @@
-"""Speed of the random walk (issue 12): the reference's dense squarings against the
+"""Speed of the random walk: the reference's dense squarings against the
 project's sparse products, at VOC size, plus AffinityNet training throughput.
 
     python bench/bench_rw.py [--repeats N] [--size H W] [--channels C] [--train]

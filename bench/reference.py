@@ -1,10 +1,10 @@
-"""Literal restatements of SPEC.md, the one place both the tests and the benchmarks take
-them from (``tests/`` compare the project against them on configurations other than the
-fixtures'; ``bench/`` times the project against them).
+"""Literal restatements of the method (docs/method.md), the one place both the tests and the
+benchmarks take them from (``tests/`` compare the project against them on configurations
+other than the fixtures'; ``bench/`` times the project against them).
 
 Each function mirrors how the authors' PCSS code does the work, step by step:
 
-* ``literal_forward`` -- the network (SPEC section 1) with explicit per-head attention and
+* ``literal_forward`` -- the network (docs/method.md, Network) with explicit per-head attention and
                          list stacking: ``(cls, pcls, cams, rcams)``.
 * ``ref_losses``      -- training objective: every forward materialises the attention
                          weights (the authors' model always does), FSS images are built
@@ -16,11 +16,12 @@ Each function mirrors how the authors' PCSS code does the work, step by step:
 * ``ref_cam_dict``    -- CAM inference: two separate forwards (image, flipped image) on the
                          attention path, all C classes upsampled, label-weighted, summed and
                          max-normed, then the dict.
-* ``LiteralFIM``      -- whole FIM rounds (SPEC section 4) built on ``ref_fim_batch``.
+* ``LiteralFIM``      -- whole FIM rounds (docs/method.md, Frequency influence maps) built
+                         on ``ref_fim_batch``.
 * ``literal_pairs`` ... ``literal_poly_sgd`` -- the refinement and segmentation stage
-                         (SPEC_REFINE 12-15), loop by loop.
-* ``literal_miou``    -- seed evaluation (SPEC section 7): per threshold, build the (C+1) x
-                         H x W float32 volume, argmax, count TP/P/T class by class;
+                         (PSA, MCTformer's seg/), loop by loop.
+* ``literal_miou``    -- seed evaluation (PCSS's evaluation.py): per threshold, build the
+                         (C+1) x H x W float32 volume, argmax, count TP/P/T class by class;
                          ``ref_cam_miou`` does it from files, reloading every file for every
                          threshold as the reference evaluator does.
 
@@ -45,8 +46,8 @@ _MLSM = F.multilabel_soft_margin_loss
 
 
 def literal_forward(net, x: torch.Tensor, n_layers: int = 12):
-    """SPEC section 1 spelled out with explicit per-head attention and list stacking;
-    returns ``(cls, pcls, cams, rcams)``."""
+    """The network (docs/method.md, Network) spelled out with explicit per-head attention
+    and list stacking; returns ``(cls, pcls, cams, rcams)``."""
     C = net.num_classes
     B, _, H, W = x.shape
     p = net.patch_embed(x)
@@ -119,8 +120,8 @@ def ref_fss_images(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor):
 
 @authors_attention
 def ref_losses(net, x, y, masks, perm, w_fss=2.0, w_mpc=2.0, k=7, r=0.3) -> Dict[str, torch.Tensor]:
-    """SPEC section 3 at epoch > fim_start_epoch, reference style (three full forwards,
-    all with attention weights and rcams)."""
+    """The objective (docs/method.md, Objective) at epoch > fim_start_epoch, reference
+    style (three full forwards, all with attention weights and rcams)."""
     out = net(x, merge_block=k, need_rcams=True)
     L = {"cls": _MLSM(out["cls"], y) + _MLSM(out["pcls"], y)}
     imgs, valid = ref_fss_images(x, y, masks)
@@ -197,9 +198,9 @@ def ref_cam_dict(net, x: torch.Tensor, label: torch.Tensor, n_layers: int = 12):
 
 
 class LiteralFIM:
-    """SPEC section 4: whole rounds, one masked pass per cell over every image, the loss
-    matrix written in loop order (``ref_fim_batch``), masks normalised by the running
-    maximum."""
+    """The FIM (docs/method.md, Frequency influence maps): whole rounds, one masked pass per
+    cell over every image, the loss matrix written in loop order (``ref_fim_batch``), masks
+    normalised by the running maximum."""
 
     def __init__(self, C: int, S: int, n: int):
         self.C, self.S, self.G, self.n = C, S, S // 16, n
@@ -233,7 +234,7 @@ class LiteralFIM:
 # ---------------------------------------------------------------------------- scoring
 def literal_miou(cams: Sequence[Dict[int, np.ndarray]], gts: Sequence[np.ndarray],
                  thresholds: Sequence[float], K: int = 21):
-    """SPEC section 7 as the reference does it: one full pass per threshold. Returns
+    """The seed evaluation as the reference does it: one full pass per threshold. Returns
     ``(mIoU (T,), per-class IoU (T, K))`` in percent."""
     res = []
     for t in thresholds:
@@ -268,9 +269,9 @@ def ref_cam_miou(pred_dir: str, gt_dir: str, names: Sequence[str], thresholds: S
     return res.mean(1), res
 
 
-# ------------------------------------------------------ refinement (SPEC_REFINE 12-15)
+# ------------------------------------------------------------------------- refinement
 def literal_pairs(h: int, w: int, radius: int):
-    """12.3 by explicit loops: offsets, from indices, partner indices (offset-major)."""
+    """PSA's pairs by explicit loops: offsets, from indices, partner indices (offset-major)."""
     offs = [(0, dx) for dx in range(1, radius)]
     for dy in range(1, radius):
         for dx in range(-radius + 1, radius):
@@ -300,7 +301,7 @@ def literal_affinity_labels(y: np.ndarray, radius: int):
 
 
 def literal_label_map(la: np.ndarray, ha: np.ndarray, stride: int = 8) -> np.ndarray:
-    """12.2 steps 6-7 with numpy: block sums of the zero-padded maps over stride^2,
+    """The affinity label map with numpy: block sums of the zero-padded maps over stride^2,
     argmaxes, the 255 / 0 rules."""
     def pool(x):
         n, H, W = x.shape
@@ -345,7 +346,7 @@ def literal_random_walk(scores: np.ndarray, aff: np.ndarray, radius: int, beta: 
 
 def literal_seg_predict(net, x: torch.Tensor, scales, flip: bool = False,
                         merge: str = "max") -> torch.Tensor:
-    """15.3 / 15.4 view by view: every (scale, flip) forward alone."""
+    """Segmentation inference view by view: every (scale, flip) forward alone."""
     _, _, H, W = x.shape
     maps = []
     for s in scales:

@@ -1,5 +1,5 @@
-"""Literal, loop-level restatements of the refinement and segmentation stage (SPEC_REFINE
-sections 12-15), written from the spec and the reference code, independently of
+"""Literal, loop-level restatements of the refinement and segmentation stage (PSA,
+MCTformer's ``psa/`` and ``seg/``), written from the reference code, independently of
 ``wsss/affinity.py``, ``wsss/segmentation.py`` and ``utils/optim.py``.
 
 Used by the tests (``tests/test_affinity.py``, ``test_segmentation.py``, ``test_optim.py``,
@@ -9,19 +9,19 @@ Everything is spelled out pixel by pixel or pair by pair (small inputs only), ex
 ``ref_random_walk``, which is the reference's own tensor code (dense matrix, elementwise
 power, column normalisation, ``logt`` squarings) so that it can be timed at VOC size.
 
-* ``ref_pair_offsets`` / ``ref_pair_indices`` -- 12.3 by explicit loops.
-* ``ref_crop_window``   -- 12.2.3, pixel by pixel.
-* ``ref_label_map``     -- 12.2.6-7: block means (zero-padded, / stride^2), the argmaxes
-                           (first maximum wins), the 255 / 0 rules.
-* ``ref_affinity_labels`` -- 12.3's bg_pos / fg_pos / neg, pair by pair.
-* ``ref_affinities``    -- 13.1's ``exp(-mean_c |e[to] - e[from]|)`` from an embedding.
-* ``ref_affinity_loss`` -- 13.2, element by element in float64.
-* ``ref_dense_affinity`` -- 14.1's N x N matrix, pair by pair.
-* ``ref_rw_background`` -- 14.3.1, both rules.
-* ``ref_random_walk``   -- 14.2-14.3 as [MCT] ``psa/infer_aff.py`` computes it.
-* ``ref_seg_predict``   -- 15.3 / 15.4, one view (scale, flip) at a time.
-* ``ref_seg_loss``      -- 15.2's loss, pixel by pixel in float64.
-* ``RefPolyOptimizer``  -- PSA's ``tool/torchutils.PolyOptimizer`` verbatim (13.4), with
+* ``ref_pair_offsets`` / ``ref_pair_indices`` -- PSA's pairs by explicit loops.
+* ``ref_crop_window``   -- PSA's random crop, pixel by pixel.
+* ``ref_label_map``     -- the affinity label map: block means (zero-padded, / stride^2), the
+                           argmaxes (first maximum wins), the 255 / 0 rules.
+* ``ref_affinity_labels`` -- bg_pos / fg_pos / neg, pair by pair.
+* ``ref_affinities``    -- AffinityNet's ``exp(-mean_c |e[to] - e[from]|)`` from an embedding.
+* ``ref_affinity_loss`` -- the affinity loss, element by element in float64.
+* ``ref_dense_affinity`` -- the walk's N x N matrix, pair by pair.
+* ``ref_rw_background`` -- the walk's background, both rules.
+* ``ref_random_walk``   -- the walk as MCTformer's ``psa/infer_aff.py`` computes it.
+* ``ref_seg_predict``   -- segmentation inference, one view (scale, flip) at a time.
+* ``ref_seg_loss``      -- the segmentation loss, pixel by pixel in float64.
+* ``RefPolyOptimizer``  -- PSA's ``tool/torchutils.PolyOptimizer`` verbatim, with
                            its weight-decay argument landing in SGD's momentum slot.
 
 Nothing here is imported by the project.
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 
-# ------------------------------------------------------------------------- 12.3 pairs
+# ------------------------------------------------------------------------------ pairs
 def ref_pair_offsets(radius: int) -> List[Tuple[int, int]]:
     """(0, dx) for dx = 1..r-1, then (dy, dx) for dy = 1..r-1, dx = -(r-1)..r-1 with
     dx^2 + dy^2 < r^2."""
@@ -66,7 +66,7 @@ def ref_pair_indices(h: int, w: int, radius: int) -> Tuple[np.ndarray, np.ndarra
     return np.array(froms, np.int64), np.array(tos, np.int64)
 
 
-# ------------------------------------------------------------------ 12.2 label maps
+# ------------------------------------------------------------------------- label maps
 def ref_crop_window(x: np.ndarray, size: int, top: int, left: int, fill=0.0) -> np.ndarray:
     """``out[..., i, j] = x[..., top + i, left + j]`` inside ``x``, else ``fill``."""
     H, W = x.shape[-2:]
@@ -87,7 +87,7 @@ def _first_argmax(values: Sequence[float]) -> int:
 
 
 def ref_label_map(la: np.ndarray, ha: np.ndarray, stride: int = 8) -> np.ndarray:
-    """12.2 steps 6-7 for score stacks ``la``, ``ha`` ((n+1) x H x W each): the mean of
+    """The label map of score stacks ``la``, ``ha`` ((n+1) x H x W each): the mean of
     every stride x stride block (cells outside the map count as 0, the sum is divided by
     stride^2), then per cell: a = argmax of la, b = argmax of ha, y = a, 255 where a == 0,
     0 where b == 0, 255 where every pooled score is < 1e-5."""
@@ -132,8 +132,9 @@ def ref_affinity_labels(y: np.ndarray, radius: int) -> Tuple[np.ndarray, np.ndar
 
 # ------------------------------------------------------------------ 13 AffinityNet
 def ref_affinities(e: np.ndarray, radius: int) -> np.ndarray:
-    """13.1 from an embedding ``e`` (B x C x h x w): ``aff[b, k, p] = exp(-mean_c
-    |e[b, c, partner] - e[b, c, from]|)``, B x K x P, pair by pair."""
+    """AffinityNet's affinities from an embedding ``e`` (B x C x h x w):
+    ``aff[b, k, p] = exp(-mean_c |e[b, c, partner] - e[b, c, from]|)``, B x K x P, pair by
+    pair."""
     B, C, h, w = e.shape
     froms, tos = ref_pair_indices(h, w, radius)
     K, P = len(ref_pair_offsets(radius)), len(froms)
@@ -148,7 +149,7 @@ def ref_affinities(e: np.ndarray, radius: int) -> np.ndarray:
 
 
 def ref_affinity_loss(aff, bg, fg, neg) -> Dict[str, float]:
-    """13.2 ([MCT] ``psa/train_aff.py:100-108``) element by element in float64: counts + 1e-5,
+    """MCTformer's ``psa/train_aff.py`` loss element by element in float64: counts + 1e-5,
     ``-log(aff + 1e-5)`` over the positives, ``-log(1 + 1e-5 - aff)`` over the negatives,
     total = bg/4 + fg/4 + neg/2."""
     a = np.asarray(aff, np.float64).reshape(-1)
@@ -167,7 +168,8 @@ def ref_affinity_loss(aff, bg, fg, neg) -> Dict[str, float]:
 
 # ---------------------------------------------------------------- 14 random walk
 def ref_dense_affinity(aff: np.ndarray, h: int, w: int, radius: int) -> np.ndarray:
-    """14.1: identity, plus ``aff[k, p]`` at (from_p, partner_kp) and its transpose."""
+    """The walk's affinity matrix: identity, plus ``aff[k, p]`` at (from_p, partner_kp) and
+    its transpose."""
     froms, tos = ref_pair_indices(h, w, radius)
     a = np.asarray(aff).reshape(len(ref_pair_offsets(radius)), len(froms))
     M = np.eye(h * w, dtype=a.dtype)
@@ -181,7 +183,7 @@ def ref_dense_affinity(aff: np.ndarray, h: int, w: int, radius: int) -> np.ndarr
 
 def ref_rw_background(cams: np.ndarray, mode: str, threshold: float, alpha: float
                       ) -> np.ndarray:
-    """14.3.1: the constant ``threshold`` ([MCT]) or ``(1 - max_k cam_k)^alpha`` ([PSA]; ones
+    """The constant ``threshold`` (MCTformer) or ``(1 - max_k cam_k)^alpha`` (PSA; ones
     without classes), pixel by pixel."""
     n, H, W = cams.shape
     out = np.empty((H, W), np.float64)
@@ -197,7 +199,7 @@ def ref_rw_background(cams: np.ndarray, mode: str, threshold: float, alpha: floa
 
 def ref_random_walk(scores: torch.Tensor, M: torch.Tensor, beta: float, logt: int
                     ) -> torch.Tensor:
-    """14.2-14.3 in the reference's order and dtype ([MCT] ``psa/infer_aff.py:96-139``):
+    """The walk in the reference's order and dtype (MCTformer's ``psa/infer_aff.py``):
     ``aff_mat = M ** beta``, ``trans_mat = aff_mat / aff_mat.sum(0)``, ``logt`` squarings,
     the zero-padded scores 8 x 8 average-pooled and flattened, ``cam_vec @ trans_mat``,
     bilinear upsampling (align_corners False) to the padded size, the crop."""
@@ -217,9 +219,9 @@ def ref_random_walk(scores: torch.Tensor, M: torch.Tensor, beta: float, logt: in
 # ------------------------------------------------------------------ 15 segmentation
 def ref_seg_predict(net, x: torch.Tensor, scales: Sequence[float], flip: bool = False,
                     merge: str = "max") -> np.ndarray:
-    """15.3 ([MCT] ``seg/infer_seg.py``) and 15.4, one forward per view: resize with
-    align_corners True, logits upsampled (align_corners False), (flipped back,) softmax;
-    the views merged in numpy: a maximum buffer starting at 0, or the mean."""
+    """MCTformer's ``seg/infer_seg.py`` and our flip/mean options, one forward per view:
+    resize with align_corners True, logits upsampled (align_corners False), (flipped back,)
+    softmax; the views merged in numpy: a maximum buffer starting at 0, or the mean."""
     _, _, H, W = x.shape
     views = []
     for s in scales:
@@ -241,8 +243,9 @@ def ref_seg_predict(net, x: torch.Tensor, scales: Sequence[float], flip: bool = 
 
 def ref_seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
                  ) -> float:
-    """15.2: logits upsampled bilinear (align_corners False) to the target size, then the
-    mean over non-ignored pixels of ``-log softmax[target]``, pixel by pixel in float64."""
+    """MCTformer's segmentation loss: logits upsampled bilinear (align_corners False) to the
+    target size, then the mean over non-ignored pixels of ``-log softmax[target]``, pixel by
+    pixel in float64."""
     up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     z = up.detach().cpu().double().numpy()
     t = target.cpu().numpy()
@@ -260,7 +263,7 @@ def ref_seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int =
     return total / count
 
 
-# ------------------------------------------------------------------- 13.4 optimiser
+# ---------------------------------------------------------------------- optimiser
 class RefPolyOptimizer(torch.optim.SGD):
     """PSA's ``tool/torchutils.PolyOptimizer`` as written (MCTformer's ``PolyOptimizer_cls``
     is the same): ``weight_decay`` is SGD's third positional parameter, i.e. momentum; the

@@ -1,16 +1,16 @@
-"""The affinity-training mode of the data layer (SPEC_REFINE section 12.2): an image with
-its two CRF score dicts (low and high alpha, PSA format) -> a crop and its label map.
+"""The affinity-training mode of the data layer (docs/method.md, Affinity labels): an
+image with its two CRF score dicts (low and high alpha, PSA format) -> a crop and its label map.
 
-Per item, in the reference's order ([MCT] ``train_aff.py``, ``voc12/data.py``): read the
-RGB image and both dicts; colour jitter on the image only (torchvision ``ColorJitter(0.3,
+Per item, in the reference's order (MCTformer's ``psa/train_aff.py``, ``voc12/data.py``):
+read the RGB image and both dicts; colour jitter on the image only (torchvision ``ColorJitter(0.3,
 0.3, 0.3, 0.1)``); one random crop window of side S for image and scores, filled with 0
 outside the image (origins drawn with Python's ``random.randrange``, width first, then
 height); normalise the crop; with probability 1/2 (``random.getrandbits(1)``) flip image and
 scores together; scores pooled by means over stride x stride blocks (8 x 8 for the reference
 backbones) into the label map ``y`` (0 background, 1..n the dict's channels, 255 ignored;
 ``wsss.affinity.affinity_label_map``). Items are ``(image 3 x S x S float32, y (S/stride) x
-(S/stride) int64)``; the pair labels of section 12.3 are made from ``y`` batch-wise in the
-training loop.
+(S/stride) int64)``; the pair labels (``wsss.affinity.affinity_labels``) are made from ``y``
+batch-wise in the training loop.
 
 The score dicts (PSA's ``.npy`` or the compact ``.sdz``) are read through
 ``wsss.scorefile.load_score_dict`` (no code runs from them); a

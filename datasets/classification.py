@@ -8,9 +8,10 @@ constructor as a ``UserError`` that says how to fix it, before any training star
 Modes and items:
 
 - ``"train"``: ``(image 3 x S x S, label C)``, augmented. ``augment="timm"`` is the reference
-  transform (SPEC section 5): RandomResizedCrop S with scale (0.6, 1.2), bicubic, horizontal
-  flip 0.5, RandAugment ``rand-m9-mstd0.5-inc1``, no colour jitter, no random erasing
-  (posterize to 0 bits gives a black image, as with the reference's Pillow, not an error).
+  transform (DeiT's, timm ``create_transform``): RandomResizedCrop S with scale (0.6, 1.2),
+  bicubic, horizontal flip 0.5, RandAugment ``rand-m9-mstd0.5-inc1``, no colour jitter, no
+  random erasing (posterize to 0 bits gives a black image, as with the reference's Pillow,
+  not an error).
   ``augment="light"`` resizes to S x S, flips horizontally and shifts by up to S/8 (reflect
   padding), with no colour change: for the toy set, whose classes are colours.
 - ``"fim"``: ``(image 3 x S x S, label C)``, resized (bicubic), no augmentation.

@@ -1,4 +1,4 @@
-"""Make the id lists and ``cls_labels.npy`` of VOC 2012 and COCO 2014 (SPEC section 8).
+"""Make the id lists and ``cls_labels.npy`` of VOC 2012 and COCO 2014 (docs/method.md, Data).
 
     python -m datasets.prepare --data-set VOC12 --data-path data/VOC2012
     python -m datasets.prepare --data-set COCO --data-path data/COCO2014

@@ -1,7 +1,7 @@
-"""The segmentation modes of the data layer (SPEC_REFINE section 15.2): an image with its
-pseudo mask for training, and native-size images for prediction.
+"""The segmentation modes of the data layer (docs/method.md, Segmentation training): an
+image with its pseudo mask for training, and native-size images for prediction.
 
-Training follows the reference ([MCT] ``seg/train_seg.py``, ``seg/tool/exutils.py``):
+Training follows the reference (MCTformer's ``seg/train_seg.py``, ``seg/tool/exutils.py``):
 
 - order: ``SegBatchSampler`` - copies of the list, each shuffled with numpy, concatenated and
   cut into consecutive batches (an epoch is floor(len / batch) of them);

@@ -210,10 +210,6 @@ def _rel(*parts: str) -> str:
     return os.path.join(*parts)
 
 
-def _set(args: List[str], flag: str, values: Sequence[str]) -> List[str]:
-    return args + [flag, *map(str, values)]
-
-
 # ---------------------------------------------------------------------------- the plan
 def build_plan(name: str, data_set: str, data_path: str, preset: str,
                routed: Mapping[str, List[str]], parsers: Mapping[str, argparse.ArgumentParser],

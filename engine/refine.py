@@ -1,4 +1,4 @@
-"""The loops of the refinement stage (SPEC_REFINE sections 12-14): ``train_one_epoch`` of
+"""The loops of the refinement stage (PSA, as in MCTformer's ``psa/``): ``train_one_epoch`` of
 AffinityNet on the CRF-confident labels, and ``random_walk_masks``, which spreads each
 image's seeds along the learned affinities into a pseudo mask; ``train_aff.py`` and
 ``infer_aff.py`` wire them together."""
@@ -27,8 +27,8 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int, 
                     amp: str = "none", scaler=None, info: DistInfo = DistInfo(),
                     progress: bool = True, last_good: Optional[str] = None
                     ) -> Dict[str, float]:
-    """One epoch of AffinityNet (13.2's loss; ``optimizer`` a ``PolySGD`` with its poly
-    schedule per step). Returns the epoch means ``loss_<term>`` over all ranks."""
+    """One epoch of AffinityNet (docs/method.md, Affinity loss; ``optimizer`` a ``PolySGD``
+    with its poly schedule per step). Returns the epoch means ``loss_<term>`` over all ranks."""
     model.train()
     sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64, device=device)
     bar = tqdm(loader, desc=f"affinity {epoch}", unit="batch", dynamic_ncols=True,
@@ -53,7 +53,7 @@ def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int, 
 
 def pad_to_stride(image: torch.Tensor, stride: int = 8) -> torch.Tensor:
     """Zero-pad a normalised ... x H x W image at the bottom and right to multiples of
-    ``stride`` (14.1: 0 in normalised units)."""
+    ``stride`` (0 in normalised units, as PSA's ``infer_aff.py``)."""
     H, W = image.shape[-2:]
     return F.pad(image, (0, -W % stride, 0, -H % stride))
 
@@ -64,11 +64,11 @@ def random_walk_masks(net, loader, cam_dir: str, write: Callable[[str, np.ndarra
                       bg: str = "threshold", bg_thr: float = 0.39, alpha: float = 16,
                       method: str = "auto", amp: str = "none", progress: bool = True) -> int:
     """Pseudo masks of every ``(image, label, id)`` of ``loader`` (native sizes, batch 1;
-    SPEC_REFINE 14): AffinityNet on the image padded to its stride (``net.stride``), the
-    transition of its affinities, the walk of background + the seed dict's classes
-    (``cam_dir/<id>.npy`` or ``.sdz``); the label map (uint8: 0 background, k + 1 class k) goes to
-    ``write(id, labels)``. The walk runs in
-    float32 (or the network's float64). Returns the count."""
+    docs/method.md, Random walk): AffinityNet on the image padded to its stride
+    (``net.stride``), the transition of its affinities, the walk of background + the seed
+    dict's classes (``cam_dir/<id>.npy`` or ``.sdz``); the label map (uint8: 0 background,
+    k + 1 class k) goes to ``write(id, labels)``. The walk runs in float32 (or the
+    network's float64). Returns the count."""
     net.eval()
     n = 0
     for image, _, image_id in tqdm(loader, desc="random walk", unit="img", dynamic_ncols=True,

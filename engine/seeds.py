@@ -88,8 +88,9 @@ def generate_seeds(model, loader, device: torch.device,
                    write: Callable[[str, Dict[int, np.ndarray]], None], amp: str = "none",
                    n_layers: int = 12, scales: Sequence[float] = (1.0,),
                    progress: bool = True, desc: str = "seeds") -> int:
-    """CAM dicts (SPEC section 6) of every item ``(image, label, id)`` of ``loader``
-    (collated with ``datasets.collate_single``), handed to ``write(id, cams)``. Returns the count."""
+    """CAM dicts (docs/method.md, CAM inference) of every item ``(image, label, id)``
+    of ``loader`` (collated with ``datasets.collate_single``), handed to
+    ``write(id, cams)``. Returns the count."""
     model.eval()
     n = 0
     for image, label, image_id in tqdm(loader, desc=desc, unit="img", dynamic_ncols=True,
@@ -210,7 +211,7 @@ def validate(model, loader, names: Sequence[str], gt_files: Sequence[str], out_d
              made_by: Optional[dict] = None) -> Optional[Tuple[float, float, np.ndarray]]:
     """Seeds of this rank's share of the validation list (``loader``) into ``out_dir``
     (emptied first; its manifest records ``made_by``), then on the main process the
-    threshold search of SPEC section 7 over all ``names``. Returns
+    threshold search (docs/method.md, Seed evaluation) over all ``names``. Returns
     ``(miou, threshold, miou_per_threshold)`` on the main process, None elsewhere."""
     if info.is_main:
         claim_folder(out_dir, made_by or producer(None), (".npy",), "replace")

@@ -1,4 +1,4 @@
-"""The loops of the segmentation stage (SPEC_REFINE section 15): ``train_steps`` over a
+"""The loops of the segmentation stage (MCTformer's ``seg/``): ``train_steps`` over a
 ``SegBatchSampler`` stream and ``predict`` (multi-scale, optional flip and CRF) over a list;
 ``train_seg.py`` and ``infer_seg.py`` wire them together."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DeepLabV2 on an ImageNet ResNet-101 from torchvision (SPEC_REFINE 15.4; ours, not the
+"""DeepLabV2 on an ImageNet ResNet-101 from torchvision (DeepLab, TPAMI 2018; ours, not the
 reference): the segmentation network of most recent WSSS tables.
 
 torchvision ``resnet101`` with ``replace_stride_with_dilation=[False, True, True]`` (output

@@ -1,16 +1,16 @@
-"""DeiT with C class tokens (MCTformer-V2 style), as PCSS uses it (SPEC.md section 1).
+"""DeiT with C class tokens (MCTformer-V2 style), as PCSS uses it (docs/method.md, Network).
 
 Layout follows timm's ``vision_transformer.py``: the blocks (``PatchEmbed``, ``Mlp``,
 ``Attention``, ``Block``), then the model, then the constructors. The model's paths:
 
 - ``forward_features(x)``: patch embedding + class tokens + positions, all blocks; returns
   a ``TokenState`` (tokens, grid size, per-block head-averaged attention when asked). There
-  is no final norm (SPEC section 1); ``norm`` exists only so state dicts match.
+  is no final norm (MCTformer never applies it); ``norm`` exists only so state dicts match.
 - ``forward_head(tokens)``: class-token logits ``cls``, the 3x3 conv head's CAMs ``cams``
   and their spatial mean ``pcls``; ``refine`` turns CAMs + attention into ``rcams``.
 - ``forward(x, merge_block, mag)``: the training pass with the magnitude-mixing hook after
-  block ``merge_block`` (SPEC section 3); ``logits(x)`` and ``rcams(x)``: the FIM and
-  inference paths.
+  block ``merge_block`` (docs/method.md, Magnitude mixing); ``logits(x)`` and ``rcams(x)``:
+  the FIM and inference paths.
 
 Attention probabilities are materialised only where something reads them (``rcams``); the
 other paths use ``F.scaled_dot_product_attention``. The machinery that lets the mixed pass
@@ -245,7 +245,7 @@ class MCTViT(nn.Module):
         return TokenState(x, state.h, state.w, last + 1, attn, state.embedded, traces)
 
     def forward_features(self, x: torch.Tensor, need_weights: bool = False) -> TokenState:
-        """Tokens after the last block (no final norm: SPEC section 1), with the per-block
+        """Tokens after the last block (no final norm, as in MCTformer), with the per-block
         head-averaged attention when ``need_weights``."""
         return self.run_blocks(self.embed(x), None, need_weights)
 
@@ -280,7 +280,7 @@ class MCTViT(nn.Module):
                 mag: Optional[torch.Tensor] = None, need_rcams: bool = True,
                 prefix: Optional[TokenState] = None, fresh_drop_path: bool = True
                 ) -> Dict[str, Optional[torch.Tensor]]:
-        """PCSS forward (SPEC section 1).
+        """PCSS forward (docs/method.md, Network).
 
         Returns a dict with ``cls``, ``pcls``, ``cams``, ``rcams`` (None if not
         ``need_rcams``), ``x_patch`` (patch tokens after block ``merge_block``; None when

@@ -1,4 +1,4 @@
-"""The PCSS training objective (SPEC.md section 3) and its configuration."""
+"""The PCSS training objective (docs/method.md, Objective) and its configuration."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from wsss.frequency import mix_magnitude, suppress_frequencies
 
 @dataclass(frozen=True)
 class PCSSConfig:
-    """The objective's switches (SPEC section 3), named as ``pcss_losses`` names them; the
+    """The objective's switches, named as ``pcss_losses`` names them; the
     reference's flags map to them in the parser (``--W`` -> ``w_fss, w_mpc``, ``--mpc_idx``
     -> ``mpc_block``, ``--mpc_org_ratio`` -> ``mpc_keep_ratio``, ``--fim_start_epo`` ->
     ``fim_start_epoch``, ``--fim_interval_epo`` -> ``fim_interval``, ``--mpc_cam_start_epo``

@@ -1,4 +1,4 @@
-"""Exact prefix sharing for the magnitude-mixed pass of PCSS (SPEC.md section 3).
+"""Exact prefix sharing for the magnitude-mixed pass of PCSS (docs/method.md, Magnitude mixing).
 
 Why: the mixed pass runs blocks 0..k again on the very input of the first pass. The
 reference recomputes them, drawing fresh stochastic-depth masks; with drop path 0.1 on

@@ -1,15 +1,16 @@
 """PSA's ResNet-38 (``resnet38d``), AffinityNet and the DeepLab-LargeFOV segmentation net
-(SPEC_REFINE sections 11, 13.1 and 15.1), with the reference's state-dict layouts.
+(PSA's ``network/resnet38d.py``, ``resnet38_aff.py``; MCTformer's ``seg/network/resnet38_seg.py``),
+with the reference's state-dict layouts.
 
 Layout: the blocks (``WideBlock``, ``BottleneckBlock``), the trunk (``ResNet38``), then the
 two heads as mixins that sit on any trunk with three stride-8 taps (``AffinityHead``: f8_3,
 f8_4, f8_5, f9 and the pairwise affinity; ``LargeFOVHead``: fc8_seg_conv1/2), the two
-ResNet-38 nets, and the weight loading of section 11.5. ``models.backbones`` puts the same
-heads on other trunks; ``models.registry`` picks one by name.
+ResNet-38 nets, and the weight loading (docs/method.md, ResNet-38). ``models.backbones``
+puts the same heads on other trunks; ``models.registry`` picks one by name.
 
-Training mode (11.4): ``train(mode)`` sets the mode as usual, then puts every BatchNorm in
-eval mode with frozen affine parameters and freezes the net's stem (``frozen_modules``);
-dropout follows the mode.
+Training mode (PSA's ``Net.train``): ``train(mode)`` sets the mode as usual, then puts every
+BatchNorm in eval mode with frozen affine parameters and freezes the net's stem
+(``frozen_modules``); dropout follows the mode.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ Features = Dict[str, torch.Tensor]
 
 # ----------------------------------------------------------------------------- blocks
 class WideBlock(nn.Module):
-    """Pre-activation block ``W(cin, cmid, cout, stride, d1, d2)`` (11.1); the 1x1 shortcut
-    conv exists only when the shape changes. ``forward`` returns ``(out, tap)``, the tap
-    being ReLU(BN(input))."""
+    """Pre-activation block ``W(cin, cmid, cout, stride, d1, d2)`` (PSA's ``ResBlock``); the
+    1x1 shortcut conv exists only when the shape changes. ``forward`` returns ``(out,
+    tap)``, the tap being ReLU(BN(input))."""
 
     def __init__(self, cin: int, cmid: int, cout: int, stride: int = 1, d1: int = 1,
                  d2: int = 1):
@@ -52,8 +53,9 @@ class WideBlock(nn.Module):
 
 
 class BottleneckBlock(nn.Module):
-    """``B(cin, cout, d, p)`` (11.1): 1x1 -> dilated 3x3 -> 1x1 with dropout ``p`` before
-    the last two convs, a 1x1 shortcut. ``forward`` returns ``(out, tap)``."""
+    """``B(cin, cout, d, p)`` (PSA's ``ResBlock_bot``): 1x1 -> dilated 3x3 -> 1x1 with
+    dropout ``p`` before the last two convs, a 1x1 shortcut. ``forward`` returns ``(out,
+    tap)``."""
 
     def __init__(self, cin: int, cout: int, dilation: int, dropout: float):
         super().__init__()
@@ -78,7 +80,7 @@ class BottleneckBlock(nn.Module):
 
 # ------------------------------------------------------------------------------ trunk
 class FrozenBatchNormMixin:
-    """11.4's ``train(mode)``: BatchNorm always in eval mode with frozen affine parameters,
+    """PSA's ``train(mode)``: BatchNorm always in eval mode with frozen affine parameters,
     the modules named in ``frozen_modules`` frozen, the rest (dropout) following ``mode``."""
     frozen_modules: Sequence[str] = ()
 
@@ -97,7 +99,7 @@ class FrozenBatchNormMixin:
 
 
 class ResNet38(FrozenBatchNormMixin, nn.Module):
-    """The trunk of 11.2: ``features(x)`` -> ``conv4`` (512), ``conv5`` (1024), ``conv6``
+    """PSA's ``resnet38d`` trunk: ``features(x)`` -> ``conv4`` (512), ``conv5`` (1024), ``conv6``
     (4096), all at stride 8 (``ceil(H/8) x ceil(W/8)``); input the normalised image."""
     channels = (512, 1024, 4096)
     stride = 8
@@ -138,11 +140,11 @@ class ResNet38(FrozenBatchNormMixin, nn.Module):
 
 # ------------------------------------------------------------------------------ heads
 class AffinityHead(nn.Module):
-    """AffinityNet's head (13.1) on a trunk with ``channels`` = the widths of its three
-    stride-8 taps: 1x1 convs to 64 / 128 / 256 channels (ELU), concatenated, a 1x1 conv
-    448 -> 448 (ELU) = the embedding ``e``; ``aff[b, k, p] = exp(-mean_c |e[to] - e[from]|)``
-    for the pairs of ``radius`` (12.3 order). The head's convs are ``from_scratch``: 10x
-    lr (weights) and 20x (biases) in ``param_groups``."""
+    """AffinityNet's head (PSA's ``resnet38_aff.Net``) on a trunk with ``channels`` = the
+    widths of its three stride-8 taps: 1x1 convs to 64 / 128 / 256 channels (ELU),
+    concatenated, a 1x1 conv 448 -> 448 (ELU) = the embedding ``e``; ``aff[b, k, p] =
+    exp(-mean_c |e[to] - e[from]|)`` for the pairs of ``radius`` (PSA's order). The head's
+    convs are ``from_scratch``: 10x lr (weights) and 20x (biases) in ``param_groups``."""
     head_modules = ("f8_3", "f8_4", "f8_5", "f9")
 
     def _init_affinity_head(self, channels: Sequence[int], radius: int = 5,
@@ -165,14 +167,16 @@ class AffinityHead(nn.Module):
         return F.elu(self.f9(e))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The affinities (B x K x P) of 13.1 on the embedding's grid (``pair_affinities``:
-        the reference's gather replaced by shifted slices, the same numbers)."""
+        """The affinities (B x K x P; docs/method.md, Affinity loss) on the embedding's grid
+        (``pair_affinities``: the reference's gather replaced by shifted slices, the same
+        numbers)."""
         return pair_affinities(self.embed(x), self.radius)
 
     def param_groups(self, lr: float, weight_decay: float) -> List[dict]:
-        """PSA's four groups (13.4) over the conv (and GroupNorm) layers' trainable tensors:
-        trunk weights (lr, wd), trunk biases (2 lr, 0), head weights (10 lr, wd), head
-        biases (20 lr, 0); empty groups included. BatchNorm tensors are in none."""
+        """PSA's four groups (docs/method.md, Poly SGD) over the conv (and GroupNorm)
+        layers' trainable tensors: trunk weights (lr, wd), trunk biases (2 lr, 0), head
+        weights (10 lr, wd), head biases (20 lr, 0); empty groups included. BatchNorm
+        tensors are in none."""
         head = {id(getattr(self, n)) for n in self.head_modules}
         groups: List[List[nn.Parameter]] = [[], [], [], []]
         for m in self.modules():
@@ -189,9 +193,10 @@ class AffinityHead(nn.Module):
 
 
 class LargeFOVHead(nn.Module):
-    """DeepLab-LargeFOV's head (15.1) on a trunk's ``conv6``: a dilated 3x3 conv to ``mid``
-    channels (with bias), ReLU, a dilated 3x3 conv to the classes. Xavier-uniform weights,
-    PyTorch's default biases; 10x lr in ``param_groups``."""
+    """DeepLab-LargeFOV's head (MCTformer's ``resnet38_seg.py``) on a trunk's ``conv6``: a
+    dilated 3x3 conv to ``mid`` channels (with bias), ReLU, a dilated 3x3 conv to the
+    classes. Xavier-uniform weights, PyTorch's default biases; 10x lr in
+    ``param_groups``."""
     head_modules = ("fc8_seg_conv1", "fc8_seg_conv2")
 
     def _init_seg_head(self, cin: int, num_classes: int, mid: int = 512, dilation: int = 12):
@@ -240,7 +245,8 @@ class ResNet38Seg(LargeFOVHead, ResNet38):
 
 
 def build_resnet38_aff(radius: int = 5) -> ResNet38Aff:
-    """AffinityNet on ResNet-38 (state dict ``resnet38_aff``), in training mode (11.4)."""
+    """AffinityNet on ResNet-38 (state dict ``resnet38_aff``), in training mode (BN and stem
+    frozen)."""
     return ResNet38Aff(radius)
 
 
@@ -261,11 +267,12 @@ def load_resnet38_weights(net: nn.Module, state_dict_or_path: Union[str, os.Path
                           ) -> Dict[str, List[str]]:
     """Load PSA / MCTformer weights into ``net`` (docs/method.md, ResNet-38):
     ``res38_cls.pth`` (the classifier: its ``fc8`` is dropped, the new head keeps its
-    initialisation), ``res38_aff.pth`` / ``resnet38_aff.pth``, segmentation checkpoints; bare or in ``{'model'|'state_dict':
-    ...}``, with or without a ``module.`` prefix, with or without ``num_batches_tracked``.
-    Returns ``{"fresh": net keys absent from the file, "dropped": file keys the net lacks}``
-    (``num_batches_tracked`` not listed). A shape mismatch, or a missing key that is not the
-    net's new head, is a ``UserError`` naming the keys (``models.weights.load_weights``)."""
+    initialisation), ``res38_aff.pth`` / ``resnet38_aff.pth``, segmentation checkpoints;
+    bare or in ``{'model'|'state_dict': ...}``, with or without a ``module.`` prefix, with
+    or without ``num_batches_tracked``. Returns ``{"fresh": net keys absent from the file,
+    "dropped": file keys the net lacks}`` (``num_batches_tracked`` not listed). A shape
+    mismatch, or a missing key that is not the net's new head, is a ``UserError`` naming the
+    keys (``models.weights.load_weights``)."""
     return load_weights(net, state_dict_or_path, fresh_ok=head_keys(net), drop_ok=True,
                         hint="Use PSA's res38_cls.pth / res38_aff.pth (ResNet-38) or weights "
                              "of the same backbone and class count.")

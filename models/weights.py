@@ -6,7 +6,8 @@
   ``torch.load(..., weights_only=True)``: a checkpoint that would run code when unpickled is
   refused with a ``UserError``.
 - Loading: ``load_model_weights`` (strict, names what does not match), ``init_from_deit``
-  (ImageNet DeiT -> C class tokens, SPEC section 2), ``load_network`` (build + load + eval).
+  (ImageNet DeiT -> C class tokens; docs/method.md, Initialisation from DeiT),
+  ``load_network`` (build + load + eval).
 - Which file: ``deit_weights`` (the ImageNet weights of ``--finetune``), ``epoch_checkpoint``
   (``--load_epo``).
 - Training: ``freeze_parameters`` (``--freeze`` patterns).
@@ -93,7 +94,8 @@ def _as_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping],
 
 
 def deit_to_mct(deit: Mapping[str, torch.Tensor], model) -> StateDict:
-    """Convert an ImageNet DeiT state dict to ``model``'s layout (SPEC section 2).
+    """Convert an ImageNet DeiT state dict to ``model``'s layout (docs/method.md,
+    Initialisation from DeiT).
 
     The single class token and class position are repeated C times, the patch position
     grid is resampled to the model's grid (bicubic, by size), heads whose shapes differ are

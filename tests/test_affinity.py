@@ -1,7 +1,8 @@
-"""wsss.affinity (SPEC_REFINE 12-14) against the loop-level restatements of
-bench/reference_refine.py, on configurations other than the fixture's: radii 3-6, odd and
-non-square grids, crops reaching outside the image, several class counts, betas, logt and
-both background rules; the dense and the sparse walk; dtypes and half precision."""
+"""wsss.affinity (PSA's affinity labels, loss and random walk) against the loop-level
+restatements of bench/reference_refine.py, on configurations other than the fixture's: radii
+3-6, odd and non-square grids, crops reaching outside the image, several class counts,
+betas, logt and both background rules; the dense and the sparse walk; dtypes and half
+precision."""
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ def grid_pairs(h, w, r):
     return len(pair_offsets(r)), max(h - r + 1, 0) * max(w - 2 * r + 2, 0)
 
 
-# ------------------------------------------------------------------------------- 12.3
+# ------------------------------------------------------------------------------ pairs
 @pytest.mark.parametrize("r,K", [(2, 4), (3, 12), (4, 22), (5, 34), (6, 54)])
 def test_pair_offsets_count_and_order(r, K):
     offs = pair_offsets(r)
@@ -51,7 +52,7 @@ def test_crop_window_matches_pixel_loop(top, left):
     np.testing.assert_array_equal(z.numpy(), ref_crop_window(labels.numpy(), 12, top, left, 255))
 
 
-# ---------------------------------------------------------------------------- 12.2.6-7
+# --------------------------------------------------------------------------- label map
 @pytest.mark.parametrize("S,n,stride", [(24, 1, 8), (29, 2, 8), (33, 4, 8), (20, 3, 4)])
 def test_label_map_matches_block_loops(S, n, stride):
     g = np.random.default_rng(S * 10 + n)
@@ -96,7 +97,7 @@ def test_affinity_labels_match_pair_loops(h, w, r, B):
     assert float((bg * fg + bg * neg + fg * neg).sum()) == 0          # disjoint kinds
 
 
-# -------------------------------------------------------------------------------- 13.2
+# ------------------------------------------------------------------------ affinity loss
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_affinity_loss_matches_element_loop(dtype):
     g = torch.Generator().manual_seed(3)
@@ -120,7 +121,7 @@ def test_affinity_loss_without_positives_is_zero_and_differentiable():
     assert torch.isfinite(aff.grad).all() and (aff.grad > 0).all()   # neg pushes aff down
 
 
-# -------------------------------------------------------------------------------- 14.1
+# ---------------------------------------------------------------------- affinity matrix
 @pytest.mark.parametrize("h,w,r", [(7, 10, 4), (9, 9, 5), (6, 8, 3), (3, 12, 5)])
 def test_dense_and_sparse_affinity_match_pair_loops(h, w, r):
     g = torch.Generator().manual_seed(h + w)
@@ -135,7 +136,7 @@ def test_dense_and_sparse_affinity_match_pair_loops(h, w, r):
     np.testing.assert_array_equal(S.to_dense().numpy(), want)
 
 
-# -------------------------------------------------------------------------------- 14.3
+# -------------------------------------------------------------------------- random walk
 @pytest.mark.parametrize("n,mode,thr,alpha", [(2, "threshold", 0.39, 16), (3, "power", 0.39, 16),
                                               (1, "power", 0.2, 4.5), (0, "power", 0.39, 16),
                                               (0, "threshold", 0.25, 16)])
@@ -227,7 +228,7 @@ def test_random_walk_argument_errors():
 @pytest.mark.parametrize("r,h,w", [(5, 12, 13), (2, 5, 4), (3, 7, 9), (6, 11, 12), (4, 3, 9),
                                    (5, 9, 8)])
 def test_pair_affinities_slices_equal_the_pairwise_definition(r, h, w):
-    """The slice-based affinities of the AffinityNet head equal 13.1 pair by pair (float64),
+    """The slice-based affinities of the AffinityNet head equal PSA's pair by pair (float64),
     including grids too small for any pair (P = 0), and carry gradients."""
     g = torch.Generator().manual_seed(r * 100 + h * 10 + w)
     e = torch.rand(2, 5, h, w, generator=g, dtype=torch.float64, requires_grad=True)

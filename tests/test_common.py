@@ -221,7 +221,7 @@ def test_image_loader_yields_single_items_in_order_with_few_workers():
 
 
 def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch):
-    """torchrun --nproc_per_node 2 on a one-GPU machine (found on an H200): a message that
+    """torchrun --nproc_per_node 2 on a one-GPU machine: a message that
     says what to change, before any CUDA call can fail with "invalid device ordinal"."""
     from utils import dist as d
 

@@ -1,4 +1,4 @@
-"""The compiled network (issue 11, ``models.compile_network``): the same module and numbers
+"""The compiled network (``models.compile_network``): the same module and numbers
 as the eager one through every public path, no graph breaks in the training step, no
 recompilation across native image sizes. Tiny networks; the compiled graphs are shared
 between tests of one configuration, so most of the time is the first compilation."""
@@ -246,7 +246,7 @@ def test_ddp_wraps_the_compiled_network():
         pytest.skip(f"gloo unavailable: {e}")
     try:
         net = small().train()
-        net.norm.requires_grad_(False)      # never applied (SPEC section 1), as train_PCSS
+        net.norm.requires_grad_(False)      # never applied (as in MCTformer), as train_PCSS
         model = DDP(compile_network(net, backend=BACKEND))
         assert is_compiled(model)
         x, y = torch.randn(4, 3, S, S), torch.tensor([[1.0, 0, 1], [0, 1, 0]] * 2)

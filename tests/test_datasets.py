@@ -357,7 +357,7 @@ def test_error_missing_and_corrupt_images(voc):
         ds[ds.ids.index("2008_000005")]
 
 
-# ---- files researchers already have (issue 9) -------------------------------------------
+# ---- files researchers already have ----------------------------------------------------
 
 def save_old_pickle(path, obj, protocol=2):
     """``np.save`` of a dict as the authors' ``cls_labels.npy`` is written: an object array

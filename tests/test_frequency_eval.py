@@ -1,5 +1,5 @@
 """FFT operations, the frequency influence map and the one-pass evaluator against literal
-re-statements of SPEC.md sections 4 and 7 (other configurations than the fixtures')."""
+re-statements (bench/reference.py; other configurations than the fixtures')."""
 import os
 import subprocess
 import sys

@@ -1,6 +1,6 @@
-"""The network, DeiT initialisation and the PCSS objective (issue 2), timm-style:
+"""The network, DeiT initialisation and the PCSS objective, timm-style:
 shapes, no NaN, backward, checkpoint round-trip, and equality with literal re-statements
-of SPEC.md for configurations other than the shared fixtures'."""
+(bench/reference.py) for configurations other than the shared fixtures'."""
 import json
 import os
 import pickle

@@ -1,4 +1,4 @@
-"""Issue 9 through the command lines, on the toy set: outputs always belong to the weights
+"""Real inputs through the command lines, on the toy set: outputs always belong to the weights
 that made them (manifests, val_dict/, --overwrite), and bad input or a diverged run ends
 with a clear message, a distinct exit code and nothing half-written."""
 import json
@@ -41,8 +41,8 @@ def train(work, name, *extra):
 
 
 def test_validation_does_not_leave_seeds_for_inference(work):
-    """The reproduction of the issue: validation used to write dict/, and inference then
-    skipped every image."""
+    """Validation writes val_dict/, never dict/: otherwise inference would take the
+    validation's seeds for its own and skip every image."""
     proc = train(work, "stale")
     assert proc.returncode == 0, proc.stderr[-2000:]
     exp = work / "experiment" / "stale"

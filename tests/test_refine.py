@@ -1,4 +1,4 @@
-"""The refinement and segmentation layer (SPEC_REFINE 11-16) against literal restatements
+"""The refinement and segmentation layer (PSA, MCTformer's seg/) against literal restatements
 (bench/reference.py) for configurations other than the fixture's: radii, sizes, class
 counts, betas, logt, both background rules; the networks' layouts, freezing, shapes,
 gradients and weight files; PolySGD; multi-scale prediction; the CRF."""

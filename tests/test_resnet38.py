@@ -1,7 +1,7 @@
-"""PSA's ResNet-38, AffinityNet and the LargeFOV segmentation net (SPEC_REFINE 11, 13.1,
-15.1): state-dict layouts against ../shared/fixtures/resnet38_state_dict.json, 11.4's
-training mode, the parameter groups of 13.4 / 15.2, fresh head initialisations and weight
-loading (11.5), forward shapes on odd sizes, the affinities against a pair-by-pair
+"""PSA's ResNet-38, AffinityNet and the LargeFOV segmentation net: state-dict layouts
+against ../shared/fixtures/resnet38_state_dict.json, the training mode (BN and stem
+frozen), the parameter groups of PSA's PolyOptimizer, fresh head initialisations and weight
+loading, forward shapes on odd sizes, the affinities against a pair-by-pair
 restatement, gradients and bf16 autocast. The full-width nets (about 100 M parameters) are
 built once per module and run on tiny images; layouts use the meta device."""
 import json
@@ -60,7 +60,7 @@ def classifier_state(net):
     return sd
 
 
-# -------------------------------------------------------------------------- 11.3
+# ---------------------------------------------------------------------- layouts
 @pytest.mark.parametrize("build,name", [(lambda: build_resnet38_aff(5), "resnet38_aff"),
                                         (lambda: build_resnet38_aff(4), "resnet38_aff"),
                                         (lambda: build_resnet38_seg(21), "resnet38_seg_voc"),
@@ -74,7 +74,7 @@ def test_state_dict_layouts_match_the_reference(layouts, build, name):
     assert set(layouts["resnet38_cls"]) - set(layouts["resnet38d"]) == {"fc8.weight"}
 
 
-# -------------------------------------------------------------------------- 11.4
+# ------------------------------------------------------------------ training mode
 def frozen_names(net):
     return {k for k, p in net.named_parameters() if not p.requires_grad}
 
@@ -107,7 +107,7 @@ def test_batchnorm_statistics_never_move(aff):
     assert torch.equal(aff.b4_2.bn_branch2a.running_mean, before)
 
 
-# -------------------------------------------------------------------- 13.4 / 15.2
+# --------------------------------------------------------------- parameter groups
 def test_affinity_param_groups_are_psa_four(aff):
     aff.train()
     name = {id(p): k for k, p in aff.named_parameters()}
@@ -132,7 +132,7 @@ def test_segmentation_param_groups_split_on_fc8(seg):
         {k for k, p in seg.named_parameters() if p.requires_grad}
 
 
-# ------------------------------------------------------------------- 11.5 fresh heads
+# ------------------------------------------------------------------------ fresh heads
 def test_fresh_heads_follow_the_reference_initialisation(aff, seg):
     for conv, fan_in in ((aff.f8_3, 512), (aff.f8_4, 1024), (aff.f8_5, 4096)):
         std = math.sqrt(2.0 / fan_in)                      # kaiming normal, fan-in, gain sqrt 2
@@ -149,7 +149,7 @@ def test_fresh_heads_follow_the_reference_initialisation(aff, seg):
         assert float(conv.bias.detach().abs().max()) > 0
 
 
-# ------------------------------------------------------------------- 11.5 loading
+# ------------------------------------------------------------------- weight loading
 def test_classifier_weights_load_into_both_nets(aff, seg):
     """res38_cls.pth into AffinityNet and the seg net (MCTformer initialises both from it):
     the trunk copied, fc8 dropped, the new head left fresh and reported."""

@@ -1,4 +1,4 @@
-"""train_PCSS.py end to end on the synthetic toy set (issue 4): checkpoints, the JSON log,
+"""train_PCSS.py end to end on the synthetic toy set: checkpoints, the JSON log,
 the FIM schedule, resume, torchrun with two CPU processes, and the up-front errors."""
 import json
 import os
@@ -32,7 +32,7 @@ def toy(tmp_path_factory):
 
 
 def base_args(name, toy, epochs):
-    """The acceptance command of issue 4."""
+    """A short training run on the toy set."""
     return ["--name", name, "--data-set", "TOY", "--data-path", str(toy / "toy"),
             "--arch", "toy", "--epochs", str(epochs), "--batch_size", "8",
             "--num_workers", "0", "--finetune", "none", "--val_start_epo", "3",

@@ -85,7 +85,7 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
                    help="training ids (default: the dataset's, e.g. train_aug.txt for VOC)")
     g.add_argument("--val_list", default=None,
                    help="ids for seed validation (default: the dataset's, e.g. train.txt)")
-    g = p.add_argument_group("optimisation (SPEC section 5)")
+    g = p.add_argument_group("optimisation (AdamW, cosine schedule)")
     g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=64)
     g.add_argument("--epochs", type=int, default=60)
     g.add_argument("--lr", type=float, default=5e-4,
@@ -103,7 +103,7 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
     g.add_argument("--freeze", nargs="*", default=[], metavar="PATTERN",
                    help="parameter-name patterns (fnmatch) to keep frozen, e.g. "
                         "'patch_embed.*' 'blocks.[0-2].*'")
-    g = p.add_argument_group("PCSS (SPEC sections 3-4)")
+    g = p.add_argument_group("PCSS (shortcut suppression, phase concentration)")
     g.add_argument("--W", type=float, nargs=2, default=list(W), metavar=("W_FSS", "W_MPC"),
                    help="loss weights of shortcut suppression and phase concentration "
                         "(0 0 is the plain multi-class-token model)")

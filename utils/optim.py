@@ -1,5 +1,6 @@
-"""PSA's ``PolyOptimizer`` (SPEC_REFINE 13.4; MCTformer's ``PolyOptimizer_cls`` is the same):
-SGD whose every group's learning rate follows a poly schedule per step."""
+"""PSA's ``PolyOptimizer`` (``tool/torchutils.py``; MCTformer's ``PolyOptimizer_cls`` is the
+same): SGD whose every group's learning rate follows a poly schedule per step
+(docs/method.md, Poly SGD)."""
 from __future__ import annotations
 
 from typing import Iterable

@@ -1,4 +1,4 @@
-"""Optimiser parameter groups and the learning-rate schedule of SPEC section 5
+"""Optimiser parameter groups and the learning-rate schedule of DeiT's training
 (timm ``create_optimizer`` / ``CosineLRScheduler`` semantics, stepped once per epoch)."""
 from __future__ import annotations
 

@@ -1,17 +1,19 @@
-"""Affinity labels, loss and the random walk (SPEC_REFINE sections 12-14). Torch in, torch
+"""Affinity labels, loss and the random walk of PSA (CVPR 2018). Torch in, torch
 out, on the input's device and dtype; label maps are int64.
 
-Pairs (12.3): offsets ``(0, dx)`` for dx = 1..r-1, then for dy = 1..r-1 every ``(dy, dx)``
-with dx = -(r-1)..r-1 and dx^2 + dy^2 < r^2. "From" pixels: rows 0..h-r, columns r-1..w-r
-of an h x w grid, row-major; the partner of (i, j) for (dy, dx) is (i + dy, j + dx).
+Pairs (PSA's ``get_indices_of_pairs``): offsets ``(0, dx)`` for dx = 1..r-1, then for
+dy = 1..r-1 every ``(dy, dx)`` with dx = -(r-1)..r-1 and dx^2 + dy^2 < r^2. "From" pixels: rows
+0..h-r, columns r-1..w-r of an h x w grid, row-major; the partner of (i, j) for (dy, dx) is
+(i + dy, j + dx).
 
-The walk (14): the reference builds the dense N x N affinity matrix, raises it to the power
-beta, normalises its columns (T0) and squares it ``logt`` times, then multiplies the pooled
-scores by it: ``v T0^(2^logt)`` (6 squarings of a 2,961^2 matrix for a 500 x 375 image,
-about 3e11 flops). Only background + the image's classes are walked and T0 has at most
-2K + 1 non-zeros per column, so the same product comes from 2^logt sparse vector-matrix
-products (``method="sparse"``, the default for a sparse ``M`` from ``sparse_affinity``);
-``method="squaring"`` keeps the reference's dense squarings for checking.
+The walk (docs/method.md, Random walk): the reference builds the dense N x N affinity
+matrix, raises it to the power beta, normalises its columns (T0) and squares it ``logt``
+times, then multiplies the pooled scores by it: ``v T0^(2^logt)`` (6 squarings of a 2,961^2
+matrix for a 500 x 375 image, about 3e11 flops). Only background + the image's classes are
+walked and T0 has at most 2K + 1 non-zeros per column, so the same product comes from 2^logt
+sparse vector-matrix products (``method="sparse"``, the default for a sparse ``M`` from
+``sparse_affinity``); ``method="squaring"`` keeps the reference's dense squarings for
+checking.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 @lru_cache(maxsize=None)
 def pair_offsets(radius: int) -> List[Tuple[int, int]]:
-    """The K ``(dy, dx)`` offsets of ``radius`` in 12.3's order (r = 5: 34, r = 4: 22)."""
+    """The K ``(dy, dx)`` offsets of ``radius`` in PSA's order (r = 5: 34, r = 4: 22)."""
     offs = [(0, dx) for dx in range(1, radius)]
     offs += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius)
              if dx * dx + dy * dy < radius * radius]
@@ -46,7 +48,7 @@ def pair_indices(h: int, w: int, radius: int) -> Tuple[torch.Tensor, torch.Tenso
 
 
 def pair_affinities(e: torch.Tensor, radius: int) -> torch.Tensor:
-    """``exp(-mean_c |e[from_p] - e[partner_kp]|)`` (14.1 / 13.1) for the pairs of
+    """``exp(-mean_c |e[from_p] - e[partner_kp]|)`` (PSA's AffinityNet) for the pairs of
     ``pair_indices`` on the grid of ``e`` (B x C x h x w) -> B x K x P (offset-major).
 
     The reference gathers the K * P partner features (``index_select``: B x C x K x P, 1.2 GB
@@ -67,7 +69,8 @@ def pair_affinities(e: torch.Tensor, radius: int) -> torch.Tensor:
 
 def crop_window(x: torch.Tensor, size: int, top: int, left: int, fill=0.0) -> torch.Tensor:
     """``out[..., i, j] = x[..., top + i, left + j]`` where that lies inside ``x``, else
-    ``fill``; ``x`` (..., H, W) -> (..., size, size). Origins may be negative (12.2.3)."""
+    ``fill``; ``x`` (..., H, W) -> (..., size, size). Origins may be negative (PSA's
+    ``RandomCrop``)."""
     H, W = x.shape[-2:]
     out = x.new_full(x.shape[:-2] + (size, size), fill)
     y0, y1 = max(top, 0), min(top + size, H)
@@ -89,10 +92,11 @@ def block_mean(x: torch.Tensor, stride: int = 8) -> torch.Tensor:
 
 
 def affinity_label_map(la: torch.Tensor, ha: torch.Tensor, stride: int = 8) -> torch.Tensor:
-    """12.2 steps 6-7: the label map of a crop's low- and high-alpha score stacks (each
-    (n+1) x S x S, background first) -> int64 (S/stride) x (S/stride): ``argmax`` of the
-    pooled la (0 there -> 255), then 0 where the pooled ha's argmax is 0, then 255 where
-    every pooled score is < 1e-5. Values: 0 background, 1..n the dict's channels, 255."""
+    """PSA's ``ExtractAffinityLabelInRadius`` input: the label map of a crop's low- and
+    high-alpha score stacks (each (n+1) x S x S, background first) -> int64 (S/stride) x
+    (S/stride): ``argmax`` of the pooled la (0 there -> 255), then 0 where the pooled ha's
+    argmax is 0, then 255 where every pooled score is < 1e-5. Values: 0 background, 1..n the
+    dict's channels, 255."""
     la, ha = block_mean(la, stride), block_mean(ha, stride)
     empty = torch.maximum(la.amax(0), ha.amax(0)) < 1e-5
     a, b = la.argmax(0), ha.argmax(0)
@@ -106,8 +110,8 @@ def affinity_label_map(la: torch.Tensor, ha: torch.Tensor, stride: int = 8) -> t
 def affinity_labels(y: torch.Tensor, radius: int
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(bg_pos, fg_pos, neg)`` of label maps ``y`` (..., h, w): each (..., K, P) float32
-    over the pairs of ``radius`` (12.3): same background; same foreground channel; different
-    labels (neither 255)."""
+    over the pairs of ``radius`` (``ExtractAffinityLabelInRadius``): same background; same
+    foreground channel; different labels (neither 255)."""
     h, w = y.shape[-2:]
     i_from, i_to = pair_indices(h, w, radius)
     flat = y.reshape(y.shape[:-2] + (h * w,))
@@ -124,9 +128,9 @@ def affinity_labels(y: torch.Tensor, radius: int
 
 def affinity_loss(aff: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, neg: torch.Tensor
                   ) -> Dict[str, torch.Tensor]:
-    """13.2, sums over the whole batch: ``bg``, ``fg`` = mean of ``-log(aff + 1e-5)`` over
-    the positive pairs of each kind, ``neg`` = mean of ``-log(1 + 1e-5 - aff)`` over the
-    negative ones; ``total = bg/4 + fg/4 + neg/2``."""
+    """MCTformer's ``psa/train_aff.py`` loss, sums over the whole batch: ``bg``, ``fg`` =
+    mean of ``-log(aff + 1e-5)`` over the positive pairs of each kind, ``neg`` = mean of
+    ``-log(1 + 1e-5 - aff)`` over the negative ones; ``total = bg/4 + fg/4 + neg/2``."""
     bg, fg, neg = bg.to(aff.dtype), fg.to(aff.dtype), neg.to(aff.dtype)
     L = {"bg": torch.sum(-bg * torch.log(aff + 1e-5)) / (bg.sum() + 1e-5),
          "fg": torch.sum(-fg * torch.log(aff + 1e-5)) / (fg.sum() + 1e-5),
@@ -146,7 +150,7 @@ def _pairs_of(aff: torch.Tensor, h: int, w: int, radius: int):
 
 
 def dense_affinity(aff: torch.Tensor, h: int, w: int, radius: int) -> torch.Tensor:
-    """14.1's dense N x N matrix of ``aff`` (K x P or 1 x K x P): 1 on the diagonal,
+    """The dense N x N affinity matrix of ``aff`` (K x P or 1 x K x P): 1 on the diagonal,
     ``aff[k, p]`` at (from_p, partner_kp) and (partner_kp, from_p), 0 elsewhere."""
     values, i_from, i_to = _pairs_of(aff, h, w, radius)
     N = h * w
@@ -171,9 +175,9 @@ def sparse_affinity(aff: torch.Tensor, h: int, w: int, radius: int) -> torch.Ten
 
 def rw_background(cams: torch.Tensor, mode: str = "threshold", threshold: float = 0.39,
                   alpha: float = 16) -> torch.Tensor:
-    """The walk's background score (14.3.1) for seeds ``cams`` (n x H x W): the constant
-    ``threshold`` (MCTformer, "threshold") or ``(1 - max_k cam_k)^alpha`` (PSA, "power";
-    ones when n = 0)."""
+    """The walk's background score (docs/method.md, Random walk) for seeds ``cams``
+    (n x H x W): the constant ``threshold`` (MCTformer, "threshold") or
+    ``(1 - max_k cam_k)^alpha`` (PSA, "power"; ones when n = 0)."""
     H, W = cams.shape[-2:]
     if mode == "threshold":
         return cams.new_full((H, W), threshold)
@@ -198,11 +202,11 @@ def _transition_sparse(M: torch.Tensor, beta: float) -> torch.Tensor:
 
 def random_walk(scores: torch.Tensor, M: torch.Tensor, beta: float = 8, logt: int = 6,
                 method: str = "auto", stride: int = 8) -> torch.Tensor:
-    """The walk maps (14.3 steps 2-4) of ``scores`` (c x H x W, background first) on the
-    affinity matrix ``M`` (dense N x N, or sparse from ``sparse_affinity``; N = h w with
-    h = ceil(H/8), w = ceil(W/8)): zero-pad to 8h x 8w, 8 x 8 average pooling, ``v T`` with
-    ``T = T0^(2^logt)``, bilinear upsampling (align_corners False) to 8h x 8w, crop to H x W.
-    Returns c x H x W; labels are ``argmax(0)`` (first maximum wins).
+    """The walk maps (docs/method.md, Random walk) of ``scores`` (c x H x W, background
+    first) on the affinity matrix ``M`` (dense N x N, or sparse from ``sparse_affinity``;
+    N = h w with h = ceil(H/8), w = ceil(W/8)): zero-pad to 8h x 8w, 8 x 8 average pooling,
+    ``v T`` with ``T = T0^(2^logt)``, bilinear upsampling (align_corners False) to 8h x 8w,
+    crop to H x W. Returns c x H x W; labels are ``argmax(0)`` (first maximum wins).
 
     ``method``: "squaring" (the reference: dense T0 squared ``logt`` times), "sparse"
     (2^logt sparse vector products; the same numbers up to rounding) or "auto" (sparse for

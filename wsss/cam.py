@@ -1,4 +1,5 @@
-"""CAM helpers (SPEC.md section 6): ``max_norm`` and ``cam_dict``. Tensors in, tensors out."""
+"""CAM helpers (docs/method.md, CAM inference): ``max_norm`` and ``cam_dict``. Tensors in,
+tensors out."""
 from __future__ import annotations
 
 from typing import Dict, Sequence

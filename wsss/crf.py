@@ -1,5 +1,5 @@
 """The dense CRF (pydensecrf, installed as ``pydensecrf2``) with the two presets of the
-reference (SPEC_REFINE 12.1 and 16): ``"seed"`` (PSA's ``crf_inference``: Gaussian sxy 3
+references (docs/method.md, Dense CRF): ``"seed"`` (PSA's ``crf_inference``: Gaussian sxy 3
 compat 3, bilateral sxy 80 srgb 13 compat 10) for the CRF score maps of the seeds, and
 ``"seg"`` (MCTformer's ``seg/tool/imutils.py``: Gaussian sxy 4 compat 3, bilateral sxy 83
 srgb 5 compat 3) for segmentation predictions. numpy in, numpy out; any number of labels.
@@ -49,9 +49,9 @@ def dense_crf(rgb: np.ndarray, probs: np.ndarray, kind: str = "seed",
 
 
 def crf_with_alpha(rgb: np.ndarray, cams: np.ndarray, alpha: float) -> np.ndarray:
-    """PSA's ``_crf_with_alpha`` (12.1): seeds ``cams`` (n x H x W, cast to float32) ->
-    ``dense_crf`` (preset "seed") of ``[(1 - max_k cam_k)^alpha, cam_k ...]`` built in
-    float32: (n + 1) x H x W float32, background first."""
+    """PSA's ``_crf_with_alpha`` (``infer_cls.py``): seeds ``cams`` (n x H x W, cast to
+    float32) -> ``dense_crf`` (preset "seed") of ``[(1 - max_k cam_k)^alpha, cam_k ...]``
+    built in float32: (n + 1) x H x W float32, background first."""
     v = np.asarray(cams, np.float32)
     bg = np.power(1 - v.max(0, keepdims=True), np.float32(alpha)) if len(v) else \
         np.ones((1,) + v.shape[1:], np.float32)

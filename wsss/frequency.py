@@ -1,4 +1,4 @@
-"""Fourier-domain operations of PCSS (SPEC.md sections 1, 3 and 4).
+"""Fourier-domain operations of PCSS (ECCV 2024), as the authors' code computes them.
 
 * ``replace_magnitude`` / ``mix_magnitude``: magnitude-mixing phase concentration (MPC).
 * ``suppress_frequencies``: frequency shortcut suppression (FSS) of training images.
@@ -35,7 +35,8 @@ def replace_magnitude(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
 
 
 def mix_magnitude(x_patch: torch.Tensor, perm: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """``r*|fft2(X)| + (1-r)*|fft2(X[perm])|.detach()`` (first term keeps its gradient)."""
+    """``r*|fft2(X)| + (1-r)*|fft2(X[perm])|.detach()`` (first term keeps its gradient;
+    docs/method.md, Magnitude mixing)."""
     with _no_autocast(x_patch.device.type):
         amp = torch.fft.fft2(_fft_dtype(x_patch), dim=_DIMS).abs()
     perm = perm.to(amp.device)
@@ -52,9 +53,10 @@ def _from_centred(spec: torch.Tensor) -> torch.Tensor:
 
 def suppress_frequencies(images: torch.Tensor, labels: torch.Tensor,
                          masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """FSS images: for image b, the mean over its classes c of the image with the
-    frequencies ``masks[c]`` (centred spectrum) removed. Images without any label pass
-    unchanged. Returns ``(images2, valid)`` with ``valid`` B floats (0 for no label).
+    """FSS images (docs/method.md, Frequency shortcut suppression): for image b, the mean
+    over its classes c of the image with the frequencies ``masks[c]`` (centred spectrum)
+    removed. Images without any label pass unchanged. Returns ``(images2, valid)`` with
+    ``valid`` B floats (0 for no label).
 
     The mean over classes is taken on the spectral filter (the operation is linear), so
     one FFT pair per image suffices, for the whole batch at once.
@@ -91,7 +93,7 @@ def influence_cells(grid: int) -> List[Tuple[Tuple[int, int], Optional[Tuple[int
 
 
 class FrequencyInfluence:
-    """Per-class frequency influence map (SPEC section 4).
+    """Per-class frequency influence map (docs/method.md, Frequency influence maps).
 
     Usage per round: ``start_round()``; ``accumulate(net, images, labels)`` per batch until
     it returns True (every class used its budget) or the data runs out; ``finish_round()``

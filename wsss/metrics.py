@@ -1,4 +1,5 @@
-"""Seed evaluation (SPEC.md section 7): confusion counts for every threshold in one pass.
+"""Seed evaluation (docs/method.md, Seed evaluation): confusion counts for every threshold
+in one pass.
 
 For threshold t the prediction is ``argmax([t, cam_0, ..., cam_{C-1}])`` (background wins
 ties; absent classes are 0). Per pixel that is: the best present class ``a`` (lowest index
@@ -238,21 +239,10 @@ def png_confusion(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes:
                       workers or _default_workers(), progress, "scoring")
 
 
-def png_miou(pred_dir: str, gt_dir: str, names: Sequence[str], num_classes: int = 21,
-             workers: Optional[int] = None, progress: bool = False,
-             gt_files: Optional[Sequence[str]] = None, ext: str = ".png"
-             ) -> Tuple[float, np.ndarray]:
-    """mIoU and per-class IoU (percent) of index predictions (pseudo labels, CRF labels,
-    random-walk masks, segmentation), SPEC section 7's counting (absent classes count 0)."""
-    miou, iou = iou_from_confusion(png_confusion(pred_dir, gt_dir, names, num_classes,
-                                                 workers, progress, gt_files, ext))
-    return float(miou), iou
-
-
 def nanmean_miou(conf: np.ndarray) -> float:
-    """The segmentation reference's mIoU ([MCT] ``seg/tool/metrics.py``, SPEC_REFINE 15.3):
-    the mean over classes present in the ground truth or the prediction only (a class absent
-    from both is skipped, where section 7 counts it as 0). Percent."""
+    """The segmentation reference's mIoU (MCTformer's ``seg/tool/metrics.py``): the mean
+    over classes present in the ground truth or the prediction only (a class absent from
+    both is skipped, where the seed evaluation counts it as 0). Percent."""
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - tp

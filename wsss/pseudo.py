@@ -1,5 +1,5 @@
-"""Seeds -> label maps: threshold pseudo labels and PSA's CRF score dicts (SPEC section 7,
-SPEC_REFINE section 12.1). numpy in, numpy out; no torch.
+"""Seeds -> label maps: threshold pseudo labels and PSA's CRF score dicts (docs/method.md,
+CAM inference; docs/method.md, Dense CRF). numpy in, numpy out; no torch.
 
 A seed dict is ``{class index k: H x W map in [0, 1]}`` (``dict/<id>.npy``). A PSA score dict
 is ``{0: background, k + 1: class k}`` of H x W float32 probabilities, keys in ascending

@@ -1,5 +1,5 @@
-"""Multi-scale prediction and the training loss of the segmentation stage (SPEC_REFINE
-15.2-15.4). Torch in, torch out."""
+"""Multi-scale prediction and the training loss of the segmentation stage (MCTformer's
+``seg/``; docs/method.md, Segmentation inference). Torch in, torch out."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,12 +12,13 @@ def seg_predict(net, x: torch.Tensor, scales: Sequence[float] = (0.5, 0.75, 1.0,
                 flip: bool = False, merge: str = "max") -> torch.Tensor:
     """Class probabilities C x H x W of one normalised image ``x`` (1 x 3 x H x W).
 
-    Per scale s ([MCT] ``seg/infer_seg.py``): ``x`` resized to (int(H s), int(W s)) bilinear
-    with align_corners True, logits, upsampled to H x W (bilinear, align_corners False),
-    softmax over classes. ``merge="max"`` (the reference) takes the elementwise maximum over
-    scales (from 0); ``merge="mean"`` their mean. ``flip`` (ours) also runs each scale on
-    the horizontally flipped image - in one batch with the unflipped one - and flips its
-    upsampled logits back before the softmax. The caller puts ``net`` in eval mode."""
+    Per scale s (MCTformer's ``seg/infer_seg.py``): ``x`` resized to (int(H s), int(W s))
+    bilinear with align_corners True, logits, upsampled to H x W (bilinear, align_corners
+    False), softmax over classes. ``merge="max"`` (the reference) takes the elementwise
+    maximum over scales (from 0); ``merge="mean"`` their mean. ``flip`` (ours) also runs
+    each scale on the horizontally flipped image - in one batch with the unflipped one - and
+    flips its upsampled logits back before the softmax. The caller puts ``net`` in eval
+    mode."""
     if merge not in ("max", "mean"):
         raise ValueError(f"merge must be 'max' or 'mean', not {merge!r}")
     _, _, H, W = x.shape
@@ -45,9 +46,9 @@ def seg_predict(net, x: torch.Tensor, scales: Sequence[float] = (0.5, 0.75, 1.0,
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
              ) -> torch.Tensor:
-    """15.2's loss: ``logits`` (B x C x h x w) upsampled bilinear (align_corners False) to
-    the target's size (B x S x S, int64), cross-entropy ignoring ``ignore_index``, mean over
-    the counted pixels."""
+    """The loss of MCTformer's ``seg/train_seg.py``: ``logits`` (B x C x h x w) upsampled
+    bilinear (align_corners False) to the target's size (B x S x S, int64), cross-entropy
+    ignoring ``ignore_index``, mean over the counted pixels."""
     logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
                            align_corners=False)
     return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)
