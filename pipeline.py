@@ -67,12 +67,13 @@ def main(argv=None):
     import json
 
     from engine.pipeline import program_name, route_flags, run_pipeline, stage_names
-
+    from engine.run_folder import RunFolder
     from utils.errors import UserError
 
     args, extra = get_args_parser().parse_known_args(argv)
+    run_dir = RunFolder(args.name)
     if args.preset == "toy" and (args.data_path or args.data_set != "VOC12"):
-        raise UserError(f"--preset toy makes its own data set in experiment/{args.name}/toy: "
+        raise UserError(f"--preset toy makes its own data set in {run_dir.toy_data}: "
                         f"leave out --data-set and --data-path")
     data_path = args.data_path or {"VOC12": "data/VOC2012", "COCO": "data/COCO2014"}[args.data_set]
     stages = stage_names("TOY" if args.preset == "toy" else args.data_set, args.preset, args.test)
@@ -88,12 +89,12 @@ def main(argv=None):
         lines = (("seeds (train list)", "miou"), ("  untrained network", "untrained_miou"),
                  ("pseudo masks (train list)", "mask_miou"), ("segmentation (val list)",
                                                               "seg_miou"))
-        print(f"\n=== pipeline done: experiment/{args.name} ({summary['total_s']:.0f} s of "
+        print(f"\n=== pipeline done: {run_dir} ({summary['total_s']:.0f} s of "
               f"stage time)")
         for label, key in lines:
             if key in summary:
                 print(f"{label:>27s}: {summary[key]:6.2f}% mIoU")
-        print(f"report: experiment/{args.name}/report.md, summary.json, figure.png")
+        print(f"report: {run_dir.report}, summary.json, figure.png")
     return summary
 
 

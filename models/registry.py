@@ -13,7 +13,6 @@ serves all.
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -23,7 +22,7 @@ from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.weights import initial_weights, load_model_weights
 from models.deeplab import DeepLabV2
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, head_keys, load_resnet38_weights
-from utils.choices import TORCHVISION_BACKBONES, TRAINED_FILES, WEIGHT_FILES, backbone_folder
+from utils.choices import TORCHVISION_BACKBONES, WEIGHT_FILES
 from utils.errors import UserError
 
 Info = Dict[str, List[str]]
@@ -96,28 +95,6 @@ def _build(makers: Dict[str, Callable[[], nn.Module]], backbone: str, weights: O
     return net, {"fresh": [], "dropped": []}
 
 
-def trained_weights_path(exp_dir: str, stage: str, backbone: Optional[str] = None) -> str:
-    """Where the training script of ``stage`` ("affinity" / "segmentation") writes the
-    net's state dict in the experiment folder ``exp_dir``: ``<folder>/<file>``, in a folder
-    of its own for the backbones that live beside the default one
-    (``utils.choices.backbone_folder``)."""
-    folder, file, _, _ = TRAINED_FILES[stage]
-    return os.path.join(exp_dir, backbone_folder(folder, backbone), file)
-
-
-def find_trained_weights(value: Optional[str], exp_dir: str, stage: str,
-                         backbone: Optional[str] = None) -> str:
-    """The trained ``stage`` net to load: ``value`` (``--weights``) or the file of
-    ``trained_weights_path``; a ``UserError`` saying how to make it when absent."""
-    path = value or trained_weights_path(exp_dir, stage, backbone)
-    if not os.path.isfile(path):
-        _, _, script, example = TRAINED_FILES[stage]
-        flag = f" --backbone {backbone}" if backbone_folder("", backbone) else ""
-        raise UserError(f"{stage} weights not found: {path}. Train them with `python {script} "
-                        f"--name {os.path.basename(exp_dir)}{flag}`, or pass --weights{example}.")
-    return path
-
-
 def _load_trained(net: nn.Module, path: str, device: torch.device, what: str) -> nn.Module:
     load_model_weights(net, path, hint=f"Pass the --backbone (and --data-set) the {what} was "
                                        f"trained with.")
@@ -145,30 +122,30 @@ def load_segmentation_net(backbone: str, path: str, num_classes: int,
 
 
 def aff_recipe(name: str) -> Dict[str, float]:
-    """Default ``lr`` and ``max_epoches`` of ``train_aff.py`` (13.3): MCTformer's ("mct":
+    """Default ``lr`` and ``epochs`` of ``train_aff.py`` (13.3): MCTformer's ("mct":
     0.01, 5 epochs, the default) or PSA's ("psa": 0.1, 8 epochs)."""
-    return {"mct": {"lr": 0.01, "max_epoches": 5}, "psa": {"lr": 0.1, "max_epoches": 8}}[name]
+    return {"mct": {"lr": 0.01, "epochs": 5}, "psa": {"lr": 0.1, "epochs": 8}}[name]
 
 
 def seg_recipe(backbone: str, num_images: int) -> Dict[str, float]:
-    """Default ``num_epochs``, ``batch_size``, ``lr``, ``wt_dec`` of ``train_seg.py``:
+    """Default ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` of ``train_seg.py``:
     MCTformer's ``run_seg.sh`` for resnet38 (30 epochs, batch 4, 7e-4, 1e-5),
     deeplab-pytorch's ``voc12.yaml`` for deeplabv2_r101 (20,000 iterations of batch 10 as
     epochs of ``num_images``, 2.5e-4, 5e-4), and a short CPU schedule for toy."""
     if backbone == "resnet38":
-        return {"num_epochs": 30, "batch_size": 4, "lr": 7e-4, "wt_dec": 1e-5}
+        return {"epochs": 30, "batch_size": 4, "lr": 7e-4, "weight_decay": 1e-5}
     if backbone == "deeplabv2_r101":
-        return {"num_epochs": max(1, math.ceil(20000 / max(num_images // 10, 1))),
-                "batch_size": 10, "lr": 2.5e-4, "wt_dec": 5e-4}
-    return {"num_epochs": 3, "batch_size": 16, "lr": 0.005, "wt_dec": 5e-4}
+        return {"epochs": max(1, math.ceil(20000 / max(num_images // 10, 1))),
+                "batch_size": 10, "lr": 2.5e-4, "weight_decay": 5e-4}
+    return {"epochs": 3, "batch_size": 16, "lr": 0.005, "weight_decay": 5e-4}
 
 
-def seg_optim(backbone: str, wt_dec: float, momentum: Optional[float]
+def seg_optim(backbone: str, weight_decay: float, momentum: Optional[float]
               ) -> Tuple[float, float]:
     """``(weight decay of the groups, SGD momentum)``. resnet38 keeps the reference's
     quirk: its weight-decay argument becomes SGD's momentum and no decay is applied (unless
     ``momentum`` is given, which then comes with the decay as asked). The others: the
     decay as given and momentum 0.9."""
     if backbone == "resnet38":
-        return (0.0, wt_dec) if momentum is None else (wt_dec, momentum)
-    return wt_dec, 0.9 if momentum is None else momentum
+        return (0.0, weight_decay) if momentum is None else (weight_decay, momentum)
+    return weight_decay, 0.9 if momentum is None else momentum

@@ -56,11 +56,7 @@ TRAINED_FILES = {
 }
 
 # backbones whose trained net lives beside the default one under the same --name, in
-# <folder>_<backbone>/ (e.g. segnet_deeplabv2_r101/), its predictions too (seg_deeplabv2_r101/)
+# <folder>_<backbone>/ (e.g. segnet_deeplabv2_r101/), its predictions too (seg_deeplabv2_r101/):
+# engine.run_folder.backbone_folder
 OWN_FOLDER_BACKBONES = ("resnet50", "deeplabv2_r101")
 
-
-def backbone_folder(folder: str, backbone: str = None) -> str:
-    """``folder`` of a run (``segnet``, ``seg``, ...) for ``backbone``: ``<folder>_<backbone>``
-    for the backbones of ``OWN_FOLDER_BACKBONES``, else ``folder`` itself."""
-    return f"{folder}_{backbone}" if backbone in OWN_FOLDER_BACKBONES else folder
