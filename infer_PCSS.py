@@ -111,7 +111,8 @@ def run(args, device, info) -> None:
     crf = args.crf or args.crf_png
     workers = (args.crf_workers if args.crf_workers is not None
                else default_workers(args.num_workers) if crf else 0)
-    threshold = args.threshold if args.threshold is not None else best_threshold(run_dir.eval_json("cam"))
+    threshold = (args.threshold if args.threshold is not None
+                 else best_threshold(run_dir.eval_json("cam")))
     writer = SeedWriter.plan(run_dir.seed_folder, dict=write_dict, png=args.png, vis=args.vis,
                              crf_alphas=args.alphas if args.crf else (),
                              crf_png_alphas=args.alphas if args.crf_png else (),

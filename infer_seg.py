@@ -55,9 +55,9 @@ def run(args, device, info) -> None:
     from datasets.classification import WSSSDataset, build_transform
     from engine.common import pending_outputs
     from engine.pool import WorkPool, default_workers, limit_torch_threads
+    from engine.run_folder import RunFolder
     from engine.segment import LabelPngWriter, predict
     from models import compile_network
-    from engine.run_folder import RunFolder
     from models.registry import default_backbone, load_segmentation_net
     from wsss.crf import crf_available
     from utils.dist import barrier

@@ -829,7 +829,8 @@ def summarize(plan: List[Stage], state: dict, data_set: str) -> dict:
     if res.get("untrained_eval"):
         r = res["untrained_eval"]
         out.update(untrained_miou=r["best_miou"], untrained_threshold=r["best_threshold"],
-                   untrained_images=_list_length(os.path.join(ROOT, spaces["untrained"].infer_list)))
+                   untrained_images=_list_length(os.path.join(ROOT,
+                                                               spaces["untrained"].infer_list)))
     if res.get("masks_eval"):
         out.update(mask_miou=res["masks_eval"]["best_miou"],
                    mask_class_iou=res["masks_eval"]["class_iou"])

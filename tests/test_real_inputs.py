@@ -76,8 +76,8 @@ def test_a_folder_never_mixes_two_weight_files(work):
                  "--thresholds", "0.3", "0.8", "0.05", cwd=work)
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert f"predictions made by {work / 'B.pth'}" in scored.stdout
-    assert json.loads((work / RunFolder("two", work).eval_json("cam")).read_text())["made_by"].startswith(
-        str(work / "B.pth"))
+    with open(RunFolder("two", work).eval_json("cam")) as f:
+        assert json.load(f)["made_by"].startswith(str(work / "B.pth"))
 
 
 def test_outputs_of_unknown_origin_are_not_mixed_in(work):
