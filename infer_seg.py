@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 
+from datasets.layout import data_parent
+from models.registry import refine_net_parent
 from utils.args import (crf_workers_parent, launch_script, overwrite_parent, positive_float,
-                        refine_net_parent, script_parser)
+                        script_parser)
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = script_parser("Segmentation inference (multi-scale, CRF)",
+    p = script_parser("Segmentation inference (multi-scale, CRF)", data_parent(),
                       refine_net_parent("segmentation", trained=True),
                       overwrite_parent("predictions"), crf_workers_parent())
     g = p.add_argument_group("inputs")
@@ -58,7 +60,7 @@ def run(args, device, info) -> None:
     from engine.run_folder import RunFolder
     from engine.segment import LabelPngWriter, predict
     from models import compile_network
-    from models.registry import default_backbone, load_segmentation_net
+    from models.registry import load_segmentation_net
     from wsss.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError
@@ -69,15 +71,14 @@ def run(args, device, info) -> None:
     if args.use_crf and not crf_available():
         raise UserError("--use_crf needs the dense CRF package: pip install pydensecrf2")
     test = args.split == "test"
-    if test and args.data_set != "VOC12" and args.infer_list is None:
-        raise UserError("--split test is the VOC 2012 test server's; for other datasets "
-                        "pass --infer_list")
     lay = layout(args.data_set, args.data_path)
+    if test and lay.test_list is None and args.infer_list is None:
+        raise UserError(f"--split test is an evaluation server's test split (VOC 2012's); "
+                        f"{args.data_set} has none: for other datasets pass --infer_list")
     run_dir = RunFolder(args.name)
-    backbone = args.backbone or default_backbone(args.data_set, "segmentation")
+    backbone = args.backbone or lay.dataset.backbone
     weights = run_dir.find_trained_weights(args.weights, "segmentation", backbone)
-    list_path = args.infer_list or (os.path.join(lay.root, "ImageSets", "Segmentation",
-                                                 "test.txt") if test else lay.seg_val_list)
+    list_path = args.infer_list or (lay.test_list if test else lay.seg_val_list)
     # other backbones' outputs are kept apart (seg_<backbone>/, results_<backbone>/)
     out_dir = run_dir.resolve(args.out, run_dir.test_dir(backbone) if test
                               else run_dir.seg_dir(backbone), "--out", "", "", must_exist=False)

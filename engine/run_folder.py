@@ -25,7 +25,7 @@ import glob
 import os
 from typing import List, Optional, Sequence
 
-from utils.choices import OWN_FOLDER_BACKBONES, TRAINED_FILES
+from models.registry import BACKBONES, TRAINED_FILES
 from utils.errors import UserError, require_folder
 
 EXPERIMENTS = "experiment"     # the folder of all runs, under the working directory
@@ -46,9 +46,9 @@ def backbone_folder(folder: str, backbone: Optional[str] = None,
                     own_folder: Optional[bool] = None) -> str:
     """``folder`` of a run (``segnet``, ``seg``, ...) for ``backbone``: ``<folder>_<backbone>``
     when the backbone has a folder of its own beside the default one (``own_folder``; when
-    not given, the backbones of ``utils.choices.OWN_FOLDER_BACKBONES``), else ``folder``."""
+    not given, the registry's ``Backbone.own_folder``), else ``folder``."""
     if own_folder is None:
-        own_folder = backbone in OWN_FOLDER_BACKBONES
+        own_folder = backbone in BACKBONES and BACKBONES[backbone].own_folder
     return f"{folder}_{backbone}" if own_folder and backbone else folder
 
 
