@@ -47,10 +47,10 @@ def main(args) -> dict:
     """The demo (one pipeline run), or the ablation (the seed stages only, several seeds,
     two loss weightings)."""
     import json
-    import os
 
     import numpy as np
 
+    from engine.run_folder import RunFolder
     from utils.commands import ROOT, CommandRunner
 
     step = CommandRunner()
@@ -63,35 +63,34 @@ def main(args) -> dict:
     changed = [w for k, flag in flags.items() if getattr(args, k) != getattr(defaults, k)
                for w in (flag, str(getattr(args, k)))]
 
-    def run(name, seed, W, until=None):
+    def run(name, seed, W, shortcut, until=None):
         step(name, ["pipeline.py", "--name", name, "--preset", "toy", *changed]
              + (["--seed", str(seed)] if seed != defaults.seed else [])
              + (["--seeds_train.W", *map(str, W)] if list(W) != defaults.W else [])
-             + (["--toy_data.shortcut"] if args.shortcut else [])
+             + (["--toy_data.shortcut"] if shortcut else [])
              + (["--until", until] if until else []))
-        with open(os.path.join(ROOT, "experiment", name, "summary.json")) as f:
+        with open(RunFolder(name, ROOT).summary) as f:
             return json.load(f)
 
     if not args.ablation:
-        args.name = args.name or "demo"
-        summary = run(args.name, args.seed, args.W)
-        exp = os.path.join("experiment", args.name)
-        print(f"pictures: {exp}/figure.png, {exp}/miou_vs_threshold.png, FIM masks in "
-              f"{exp}/fim/; report: {exp}/report.md")
+        run_dir = RunFolder(args.name or "demo")
+        summary = run(run_dir.name, args.seed, args.W, args.shortcut)
+        print(f"pictures: {run_dir.figure}, {run_dir.miou_plot}, FIM masks in "
+              f"{run_dir.fim_dir}/; report: {run_dir.report}")
         return summary
-    args.name = args.name or "ablation"
-    args.shortcut = True
+    run_dir = RunFolder(args.name or "ablation")
     results = {}
     for label, W in (("baseline_W0", [0.0, 0.0]), ("pcss", args.W)):
-        for seed in args.seeds:
+        for seed in args.seeds:      # the ablation is on the toy set with its shortcut
             results.setdefault(label, []).append(
-                run(f"{args.name}/{label}_seed{seed}", seed, W, until="seeds_eval"))
+                run(run_dir.sub(f"{label}_seed{seed}").name, seed, W, True,
+                    until="seeds_eval"))
     summary = {label: {"miou": [r["miou"] for r in rs],
                        "mean": float(np.mean([r["miou"] for r in rs])),
                        "std": float(np.std([r["miou"] for r in rs]))}
                for label, rs in results.items()}
     summary.update(seeds=args.seeds, W=args.W)
-    with open(os.path.join(ROOT, "experiment", args.name, "summary.json"), "w") as f:
+    with open(RunFolder(run_dir.name, ROOT).summary, "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\n=== ablation on the toy set with a frequency shortcut, seeds {args.seeds}")
     for label, title in (("baseline_W0", "plain multi-class-token model (W 0 0)"),
@@ -99,7 +98,7 @@ def main(args) -> dict:
         s = summary[label]
         print(f"  {title:40s} seed mIoU {s['mean']:.2f} +- {s['std']:.2f}  "
               f"({', '.join(f'{m:.2f}' for m in s['miou'])})")
-    print(f"summary: experiment/{args.name}/summary.json")
+    print(f"summary: {run_dir.summary}")
     return summary
 
 

@@ -57,14 +57,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> dict:
     """Score (``run``), print the report, write the JSON files and the plot."""
-    import os
-
+    from engine.run_folder import RunFolder
     from utils.report import format_class_table, format_threshold_table, write_json
     from utils.vis import plot_miou_curve
 
     res = run(args)
-    exp_dir = os.path.join("experiment", args.name)
-    outputs = [os.path.join(exp_dir, f"eval_{args.task}.json")] + ([args.json] if args.json else [])
+    run_dir = RunFolder(args.name)
+    outputs = [run_dir.eval_json(args.task)] + ([args.json] if args.json else [])
     if args.task == "cam":
         print(format_threshold_table(res["thresholds"], res["miou"]))
         print(f"best mIoU {res['best_miou']:.2f} at threshold {res['best_threshold']:.2f}; "
@@ -78,7 +77,7 @@ def main(args) -> dict:
     for path in outputs:
         write_json(res, path)
     if args.task == "cam":
-        outputs.append(os.path.join(exp_dir, "miou_vs_threshold.png"))
+        outputs.append(run_dir.miou_plot)
         plot_miou_curve(res["thresholds"], res["miou"], outputs[-1], title=args.name)
     print("wrote " + ", ".join(outputs))
     return res
@@ -89,15 +88,15 @@ def run(args) -> dict:
     import os
 
     from datasets.layout import layout
+    from engine.run_folder import RunFolder
     from utils.errors import UserError
     from wsss.metrics import (cam_miou, default_thresholds, iou_from_confusion,
                                   nanmean_miou, png_confusion)
     from utils.lists import read_id_list, resolve_list
     from utils.manifest import describe, read_manifest
-    from utils.report import cam_results, class_names, png_results, prediction_dir
+    from utils.report import cam_results, class_names, png_results
 
-    exp_dir = os.path.join("experiment", args.name)
-    pred_dir = prediction_dir(args.task, args.dict_dir, exp_dir)
+    pred_dir = RunFolder(args.name).predictions(args.task, args.dict_dir)
     lay = layout(args.data_set, args.data_path, check=args.gt_dir is None)
     list_path = resolve_list(args.list, lay.root) if args.list else lay.eval_list
     ids = read_id_list(list_path)

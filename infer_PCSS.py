@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 
 from datasets.layout import data_parent
+from engine.run_folder import CRF_ALPHAS
 from models.registry import network_parent
 from utils.args import (crf_workers_parent, launch_script, overwrite_parent, positive_float,
                         script_parser)
@@ -45,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a model state dict file, e.g. the released PCSS checkpoint "
                         "(also {'model': ...}, {'state_dict': ...}, 'module.' keys)")
     g = p.add_argument_group("what to compute")
-    g.add_argument("--val_list", "--infer_list", dest="val_list", default=None,
+    g.add_argument("--val_list", "--infer_list", dest="infer_list", default=None,
                    help="image ids to process (default: the dataset's inference list, "
                         "train_aug.txt for VOC)")
     g.add_argument("--n_layers", type=int, default=12,
@@ -65,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--alphas (the input of train_aff.py; needs pydensecrf2)")
     g.add_argument("--crf_png", action="store_true",
                    help="write the CRF labels to crf_png/<alpha>/<id>.png")
-    g.add_argument("--alphas", type=float, nargs="+", default=[1.0, 12.0],
+    g.add_argument("--alphas", type=float, nargs="+", default=list(CRF_ALPHAS),
                    help="background powers for --crf / --crf_png: bg = (1 - max CAM) ** alpha "
                         "(default 1 12 as MCTformer; PSA used 4 32)")
     g.add_argument("--vis", action="store_true",
@@ -87,10 +88,11 @@ def run(args, device, info) -> None:
     from datasets.loader import image_loader
     from datasets.layout import default_input_size, layout
     from engine.common import claim_outputs
+    from engine.run_folder import RunFolder
     from engine.seeds import SeedWriter, generate_seeds, seeds_from_dicts
     from engine.pool import WorkPool, default_workers, limit_torch_threads
     from models import compile_network
-    from models.weights import epoch_checkpoint, load_network
+    from models.weights import load_network
     from wsss.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError
@@ -98,22 +100,22 @@ def run(args, device, info) -> None:
     from utils.report import best_threshold
     from utils.runtime import autocast_context
 
-    if not (args.dict or args.png or args.crf or args.crf_png or args.vis):
-        args.dict = True
+    write_dict = args.dict or not (args.png or args.crf or args.crf_png or args.vis)
     if (args.crf or args.crf_png) and not crf_available():
         raise UserError("--crf needs the dense CRF package: pip install pydensecrf2")
-    exp_dir = os.path.join("experiment", args.name)
+    run_dir = RunFolder(args.name)
     lay = layout(args.data_set, args.data_path)
-    list_path = args.val_list or lay.infer_list
+    list_path = args.infer_list or lay.infer_list
     weights = (args.load_pretrained if args.load_pretrained is not None
-               else epoch_checkpoint(exp_dir, args.load_epo))
+               else run_dir.find_epoch_checkpoint(args.load_epo))
     autocast_context(device, args.amp)  # rejects a bad --amp before any work
     dataset = build_dataset(args.data_set, args.data_path, list_path, "infer")
     crf = args.crf or args.crf_png
     workers = (args.crf_workers if args.crf_workers is not None
                else default_workers(args.num_workers) if crf else 0)
-    threshold = args.threshold if args.threshold is not None else best_threshold(exp_dir)
-    writer = SeedWriter.plan(exp_dir, dict=args.dict, png=args.png, vis=args.vis,
+    threshold = (args.threshold if args.threshold is not None
+                 else best_threshold(run_dir.eval_json("cam")))
+    writer = SeedWriter.plan(run_dir.seed_folder, dict=write_dict, png=args.png, vis=args.vis,
                              crf_alphas=args.alphas if args.crf else (),
                              crf_png_alphas=args.alphas if args.crf_png else (),
                              threshold=threshold, class_names=lay.classes,
@@ -127,9 +129,9 @@ def run(args, device, info) -> None:
                                dataset.ids, args.overwrite, info, writer.done)
     # work done once: the CAMs of these weights and settings are in dict/ already (in PSA's
     # lossless format, so every output is the one the network would give)
-    dict_dir = os.path.join(exp_dir, "dict")
+    dict_dir = run_dir.dict_dir
     todo_ids = [dataset.ids[i] for i in todo]
-    reuse = (not args.dict
+    reuse = (not write_dict
              and same_producer(read_manifest(dict_dir), producer(fingerprint, **settings))
              and all(os.path.isfile(os.path.join(dict_dir, i + ".npy")) for i in todo_ids))
     if info.is_main:

@@ -60,10 +60,11 @@ def run(args, device, info) -> None:
     from datasets.loader import image_loader
     from engine.refine import random_walk_masks
     from engine.common import pending_outputs
+    from engine.run_folder import RunFolder
     from models import compile_network
-    from models.registry import find_trained_weights, load_affinity_net
+    from models.registry import load_affinity_net
     from utils.dist import barrier
-    from utils.errors import UserError, resolve_run_folder
+    from utils.errors import UserError
     from utils.manifest import file_fingerprint, producer, read_manifest
     from utils.report import best_threshold
     from utils.runtime import autocast_context
@@ -71,15 +72,16 @@ def run(args, device, info) -> None:
     from utils.vis import save_label_png
 
     lay = layout(args.data_set, args.data_path)
-    exp = os.path.join("experiment", args.name)
+    run_dir = RunFolder(args.name)
     backbone = args.backbone or lay.dataset.backbone
-    weights = find_trained_weights(args.weights, exp, "affinity", backbone)
-    cam_dir = resolve_run_folder(exp, args.cam_dir, "dict", "--cam_dir", "seed dicts",
-                                 f"`python infer_PCSS.py --name {args.name} --load_epo E "
-                                 f"--dict`")
-    out_dir = resolve_run_folder(exp, args.out_rw, "rw", "--out_rw", "", "", must_exist=False)
+    weights = run_dir.find_trained_weights(args.weights, "affinity", backbone)
+    cam_dir = run_dir.resolve(args.cam_dir, run_dir.dict_dir, "--cam_dir", "seed dicts",
+                              f"`python infer_PCSS.py --name {args.name} --load_epo E --dict`")
+    out_dir = run_dir.resolve(args.out_rw, run_dir.rw_dir, "--out_rw", "", "",
+                              must_exist=False)
     list_path = args.infer_list or lay.train_list
-    bg_thr = args.bg_thr if args.bg_thr is not None else best_threshold(exp, default=0.39)
+    bg_thr = args.bg_thr if args.bg_thr is not None else best_threshold(run_dir.eval_json("cam"),
+                                                                       default=0.39)
     autocast_context(device, args.amp)
     dataset = build_dataset(args.data_set, args.data_path, list_path, "infer")
     missing = [i for i in dataset.ids if not os.path.isfile(score_file(cam_dir, i))]

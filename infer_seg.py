@@ -57,12 +57,13 @@ def run(args, device, info) -> None:
     from datasets.classification import WSSSDataset, build_transform
     from engine.common import pending_outputs
     from engine.pool import WorkPool, default_workers, limit_torch_threads
+    from engine.run_folder import RunFolder
     from engine.segment import LabelPngWriter, predict
     from models import compile_network
-    from models.registry import backbone_folder, find_trained_weights, load_segmentation_net
+    from models.registry import load_segmentation_net
     from wsss.crf import crf_available
     from utils.dist import barrier
-    from utils.errors import UserError, resolve_run_folder
+    from utils.errors import UserError
     from utils.lists import read_id_list
     from utils.manifest import file_fingerprint, producer
     from utils.runtime import autocast_context
@@ -74,14 +75,13 @@ def run(args, device, info) -> None:
     if test and lay.test_list is None and args.infer_list is None:
         raise UserError(f"--split test is an evaluation server's test split (VOC 2012's); "
                         f"{args.data_set} has none: for other datasets pass --infer_list")
-    exp = os.path.join("experiment", args.name)
+    run_dir = RunFolder(args.name)
     backbone = args.backbone or lay.dataset.backbone
-    weights = find_trained_weights(args.weights, exp, "segmentation", backbone)
+    weights = run_dir.find_trained_weights(args.weights, "segmentation", backbone)
     list_path = args.infer_list or (lay.test_list if test else lay.seg_val_list)
-    results = backbone_folder("results", backbone)   # other backbones' outputs kept apart
-    out_dir = resolve_run_folder(
-        exp, args.out, os.path.join(results, "VOC2012", "Segmentation", "comp6_test_cls")
-        if test else backbone_folder("seg", backbone), "--out", "", "", must_exist=False)
+    # other backbones' outputs are kept apart (seg_<backbone>/, results_<backbone>/)
+    out_dir = run_dir.resolve(args.out, run_dir.test_dir(backbone) if test
+                              else run_dir.seg_dir(backbone), "--out", "", "", must_exist=False)
     autocast_context(device, args.amp)
     dataset = WSSSDataset(lay, read_id_list(list_path), build_transform("infer"),
                           return_id=True, require_labels=not test)   # test images: no labels
@@ -112,13 +112,13 @@ def run(args, device, info) -> None:
     print(f"wrote {n} predictions{' on rank 0' if info.distributed else ''} to {out_dir}")
     if test:
         # exactly this list's predictions, at the server's path, whatever else the folder holds
-        archive = os.path.join(exp, results + ".tar.gz")
-        os.makedirs(exp, exist_ok=True)
+        archive = run_dir.results_archive(backbone)
+        os.makedirs(run_dir.dir, exist_ok=True)
         tmp = archive + ".tmp"
         with tarfile.open(tmp, "w:gz") as tar:
             for i in dataset.ids:
                 tar.add(os.path.join(out_dir, i + ".png"),
-                        arcname=f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png")
+                        arcname=run_dir.archive_name(i))
         os.replace(tmp, archive)
         print(f"packed the {len(dataset.ids)} predictions of {list_path} into {archive}: "
               f"upload it to the PASCAL VOC evaluation server (Segmentation, comp6)")

@@ -70,14 +70,15 @@ def main(argv=None):
 
     from datasets.layout import DATASETS, TOY_SET
     from engine.pipeline import program_name, route_flags, run_pipeline, stage_names
-
+    from engine.run_folder import RunFolder
     from utils.errors import UserError
 
     parser = get_args_parser()
     args, extra = parser.parse_known_args(argv)
+    run_dir = RunFolder(args.name)
     other_data = args.data_path or args.data_set != parser.get_default("data_set")
     if args.preset == "toy" and other_data:
-        raise UserError(f"--preset toy makes its own data set in experiment/{args.name}/toy: "
+        raise UserError(f"--preset toy makes its own data set in {run_dir.toy_data}: "
                         f"leave out --data-set and --data-path")
     data_path = args.data_path or DATASETS[args.data_set].default_path
     stages = stage_names(TOY_SET.name if args.preset == "toy" else args.data_set, args.preset,
@@ -94,12 +95,12 @@ def main(argv=None):
         lines = (("seeds (train list)", "miou"), ("  untrained network", "untrained_miou"),
                  ("pseudo masks (train list)", "mask_miou"), ("segmentation (val list)",
                                                               "seg_miou"))
-        print(f"\n=== pipeline done: experiment/{args.name} ({summary['total_s']:.0f} s of "
+        print(f"\n=== pipeline done: {run_dir} ({summary['total_s']:.0f} s of "
               f"stage time)")
         for label, key in lines:
             if key in summary:
                 print(f"{label:>27s}: {summary[key]:6.2f}% mIoU")
-        print(f"report: experiment/{args.name}/report.md, summary.json, figure.png")
+        print(f"report: {run_dir.report}, summary.json, figure.png")
     return summary
 
 

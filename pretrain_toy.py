@@ -16,8 +16,10 @@ from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from engine.run_folder import RunFolder
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
-        run_parent(), data_parent(TOY_SET.name, "experiment/demo/toy"), network_parent(),
+        run_parent(), data_parent(TOY_SET.name, RunFolder("demo").toy_data), network_parent(),
         device_parent(amp=False)],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(arch="toy", num_workers=2)
@@ -39,13 +41,12 @@ def main(args) -> str:
 
 
 def run(args, device) -> str:
-    import os
-
     import torch
 
     from datasets import build_dataset
     from datasets.layout import default_input_size, layout
     from datasets.loader import make_loader
+    from engine.run_folder import RunFolder
     from engine.toy_pretrain import pretrain_one_epoch
     from models import build_arch
     from models.pretrain import ColourDenoiser
@@ -56,7 +57,7 @@ def run(args, device) -> str:
     size = default_input_size(args.data_set, args.input_size)
     ds = build_dataset(args.data_set, args.data_path, args.train_list or lay.train_list,
                        "train", size, augment="light")
-    out = args.out or os.path.join("experiment", args.name, "pretrain", f"deit_{args.arch}.pth")
+    out = args.out or RunFolder(args.name).pretrained(args.arch)
     seed_everything(args.seed)
     model = ColourDenoiser(build_arch(args.arch, 1, size, drop_path_rate=0.0)).to(device)
     if args.compile:

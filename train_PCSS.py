@@ -27,8 +27,6 @@ def get_args_parser(data_set: str = "VOC12", data_path: str = "data/VOC2012",
 
 
 def run(args, device, info) -> None:
-    import os
-
     import torch
     from torch.utils.data.distributed import DistributedSampler
 
@@ -36,6 +34,7 @@ def run(args, device, info) -> None:
     from datasets.layout import default_input_size, layout
     from datasets.loader import image_loader, make_loader, reseed
     from engine.common import prepare_model
+    from engine.run_folder import RunFolder
     from engine.seeds import fim_round, train_one_epoch, validate
     from models import ARCHS, build_arch, compile_network, init_from_deit
     from models.weights import deit_weights, freeze_parameters
@@ -58,38 +57,39 @@ def run(args, device, info) -> None:
     train_list = args.train_list or lay.train_list
     val_list = args.val_list or lay.val_list
     finetune = deit_weights(args.arch, args.finetune)
-    args.input_size = default_input_size(args.data_set, args.input_size)
-    if args.input_size % 16:
-        raise UserError(f"--input-size {args.input_size} is not a multiple of 16")
+    input_size = default_input_size(args.data_set, args.input_size)
+    if input_size % 16:
+        raise UserError(f"--input-size {input_size} is not a multiple of 16")
     autocast_context(device, args.amp)  # rejects --amp fp16 on CPU before any work
-    out_dir = os.path.join("experiment", args.name)
-    ckpt_dir = os.path.join(out_dir, "ckpt")
+    run_dir = RunFolder(args.name)
+    out_dir = run_dir.dir
+    last = run_dir.last_checkpoint("seeds")
     depth = ARCHS[args.arch]["depth"]
-    if args.mpc_block is None:
-        args.mpc_block = min(round(7 * depth / 12), depth - 2)
-    if not 0 <= args.mpc_block < depth:
-        raise UserError(f"--mpc_idx {args.mpc_block} is outside 0..{depth - 1} for "
+    mpc_block = (min(round(7 * depth / 12), depth - 2) if args.mpc_block is None
+                 else args.mpc_block)
+    if not 0 <= mpc_block < depth:
+        raise UserError(f"--mpc_idx {mpc_block} is outside 0..{depth - 1} for "
                         f"--arch {args.arch}")
-    cfg = PCSSConfig(w_fss=args.W[0], w_mpc=args.W[1], mpc_block=args.mpc_block,
+    cfg = PCSSConfig(w_fss=args.W[0], w_mpc=args.W[1], mpc_block=mpc_block,
                      mpc_keep_ratio=args.mpc_keep_ratio, fim_start_epoch=args.fim_start_epoch,
                      fim_interval=args.fim_interval,
                      mpc_cam_start_epoch=args.mpc_cam_start_epoch,
                      reuse_prefix=args.reuse_prefix)
     validating = args.val_start_epoch < args.epochs
     train_ds = build_dataset(args.data_set, args.data_path, train_list, "train",
-                             args.input_size, augment=args.augment)
+                             input_size, augment=args.augment)
     check_training_length("--epochs", args.epochs, args.batch_size, info.world_size,
                           len(train_ds), train_list)
-    fim_ds = (build_dataset(args.data_set, args.data_path, train_list, "fim", args.input_size)
+    fim_ds = (build_dataset(args.data_set, args.data_path, train_list, "fim", input_size)
               if cfg.w_fss > 0 else None)
     val_ds = build_dataset(args.data_set, args.data_path, val_list, "infer") if validating else None
 
-    claim_run(os.path.join(ckpt_dir, "last.pth"), out_dir, args.resume, args.overwrite, info)
+    claim_run(last, out_dir, args.resume, args.overwrite, info)
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
     seed_everything(args.seed + info.rank)
 
     # ---- model, optimiser, schedule
-    model = build_arch(args.arch, lay.num_classes, args.input_size, args.drop_path)
+    model = build_arch(args.arch, lay.num_classes, input_size, args.drop_path)
     if finetune:
         init_from_deit(model, finetune, report=log.text)
     model.norm.requires_grad_(False)  # the final norm is never applied (as in MCTformer)
@@ -105,17 +105,18 @@ def run(args, device, info) -> None:
     schedule = CosineSchedule(optimizer, lr, args.epochs, args.warmup_epochs, args.warmup_lr,
                               args.min_lr)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    fim = FrequencyInfluence(lay.num_classes, args.input_size, 16, args.fim_images_per_class,
+    fim = FrequencyInfluence(lay.num_classes, input_size, 16, args.fim_images_per_class,
                              shard=(info.rank, info.world_size),
                              reduce=lambda t: all_reduce_sum(t, info))
 
     start_epoch = start_training(
-        os.path.join(ckpt_dir, "last.pth"), log, args,
+        last, log, args,
         f"{sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters "
         f"({frozen} tensors frozen), lr {lr:.3g}, world size {info.world_size}, device "
         f"{device}, {'DeiT weights ' + finetune if finetune else 'from scratch'}",
         model_without_ddp, optimizer, scaler, info,
         resolved={"finetune": finetune or "none", "train_list": train_list,
+                  "input_size": input_size, "mpc_block": mpc_block,
                   "val_list": val_list if validating else "none (no validation)"},
         schedule=schedule, fim=fim)
 
@@ -134,8 +135,8 @@ def run(args, device, info) -> None:
         masks = fim.masks if epoch > cfg.fim_start_epoch else None
         stats.update(train_one_epoch(model, reseed(loader, args.seed, epoch), optimizer,
                                      device, epoch, cfg, masks, args.amp, scaler, info,
-                                     last_good=os.path.join(ckpt_dir, "last.pth")))
-        epoch_file = os.path.join(ckpt_dir, f"{epoch:03d}net_trm.pth")
+                                     last_good=last))
+        epoch_file = run_dir.epoch_checkpoint(epoch)
         if info.is_main:
             atomic_save(model_without_ddp.state_dict(), epoch_file)
         schedule.step(epoch + 1)
@@ -143,7 +144,7 @@ def run(args, device, info) -> None:
             made_by = (producer(file_fingerprint(epoch_file), scales=[1.0], n_layers=12,
                                 amp=args.amp) if info.is_main else None)
             result = validate(net, vloader, val_names, [lay.gt_path(n) for n in val_names],
-                              os.path.join(out_dir, "val_dict"), device, thresholds,
+                              run_dir.val_dict, device, thresholds,
                               lay.num_classes, args.amp, info, made_by=made_by)
             if result is not None:
                 stats["miou"], stats["threshold"] = result[0], result[1]
@@ -152,9 +153,9 @@ def run(args, device, info) -> None:
                               progress=info.is_main)
             if info.is_main:
                 save_mask_grid(masks.float().numpy(), lay.classes,
-                               os.path.join(out_dir, "fim", f"masks_epoch{epoch:03d}.png"))
+                               run_dir.fim_masks(epoch))
         log.epoch(stats)
-        save_training_state(os.path.join(ckpt_dir, "last.pth"), epoch, model_without_ddp,
+        save_training_state(last, epoch, model_without_ddp,
                             optimizer, scaler, args, info, schedule=schedule, fim=fim)
     log.close()
 

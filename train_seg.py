@@ -39,12 +39,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="label of the crop's padding: 0 = background (the reference) or 255 "
                         "= ignored")
     g = p.add_argument_group("optimisation (poly SGD)")
-    g.add_argument("--num_epochs", "--epochs", dest="num_epochs", type=int, default=None,
+    g.add_argument("--num_epochs", "--epochs", dest="epochs", type=int, default=None,
                    help="epochs (default 30 for resnet38 as run_seg.sh; deeplabv2_r101: as "
                         "many as 20,000 iterations of batch 10 make)")
     g.add_argument("--batch_size", type=int, default=None, help="default 4 (resnet38), 10 (r101)")
     g.add_argument("--lr", type=float, default=None, help="default 7e-4 (resnet38), 2.5e-4 (r101)")
-    g.add_argument("--wt_dec", type=float, default=None,
+    g.add_argument("--wt_dec", dest="weight_decay", type=float, default=None,
                    help="default 1e-5 (resnet38: the reference passes it as SGD's momentum and "
                         "applies no weight decay), 5e-4 (r101)")
     g.add_argument("--momentum", type=float, default=None,
@@ -63,30 +63,32 @@ def run(args, device, info) -> None:
     from datasets.layout import layout
     from datasets.segmentation_data import SegBatchSampler, SegTrainDataset
     from engine.common import prepare_model
+    from engine.run_folder import RunFolder
     from engine.segment import train_steps
     from models.registry import (build_segmentation_net, resolve_init_weights, seg_optim,
-                                 seg_recipe, trained_weights_path)
-    from utils.args import check_training_length
+                                 seg_recipe)
+    from utils.args import check_training_length, with_defaults
     from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.dist import shard
-    from utils.errors import UserError, resolve_run_folder
+    from utils.errors import UserError
     from utils.lists import read_id_list
     from utils.logger import RunLog
     from utils.optim import PolySGD
     from utils.runtime import autocast_context, seed_everything
 
     lay = layout(args.data_set, args.data_path)
-    args.backbone = args.backbone or lay.dataset.backbone
-    for key, value in seg_recipe(args.backbone, len(read_id_list(args.train_list or
-                                                                 lay.train_list))).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    exp = os.path.join("experiment", args.name)
-    final = trained_weights_path(exp, "segmentation", args.backbone)  # what infer_seg.py loads
-    out_dir = os.path.dirname(final)
-    mask_dir = resolve_run_folder(exp, args.seg_pgt_path, "rw", "--seg_pgt_path",
-                                  "pseudo masks", f"`python infer_aff.py --name {args.name}` "
-                                  f"for the training list")
+    train_list = args.train_list or lay.train_list
+    ids = read_id_list(train_list)
+    # the values that depend on other flags; args stays as parsed (what last.pth stores)
+    backbone = args.backbone or lay.dataset.backbone
+    opt = with_defaults(args, backbone=backbone, **seg_recipe(backbone, len(ids)))
+    run_dir = RunFolder(args.name)
+    final = run_dir.trained_weights("segmentation", backbone)  # what infer_seg.py loads
+    out_dir = run_dir.stage_dir("segmentation", backbone)
+    last = run_dir.last_checkpoint("segmentation", backbone)
+    mask_dir = run_dir.resolve(args.seg_pgt_path, run_dir.rw_dir, "--seg_pgt_path",
+                               "pseudo masks", f"`python infer_aff.py --name {args.name}` "
+                                               f"for the training list")
     gt_dirs = {os.path.realpath(lay.gt_dir(i)) for i in ("train", "val")}
     gt_dirs |= {os.path.realpath(os.path.join(lay.root, d)) for d in lay.dataset.masks}
     if os.path.realpath(mask_dir) in gt_dirs:
@@ -95,35 +97,34 @@ def run(args, device, info) -> None:
                         f"would be meaningless here. Train on the pseudo masks of infer_aff.py "
                         f"(experiment/<name>/rw).")
     autocast_context(device, args.amp)
-    weights = resolve_init_weights(args.backbone, args.weights, "segmentation")
-    train_list = args.train_list or lay.train_list
-    ids = read_id_list(train_list)
-    check_training_length("--num_epochs", args.num_epochs, args.batch_size, info.world_size,
+    weights = resolve_init_weights(backbone, args.weights, "segmentation")
+    check_training_length("--num_epochs", opt.epochs, opt.batch_size, info.world_size,
                           len(ids), train_list)
     each = len(ids) // info.world_size     # every rank takes as many steps
     dataset = SegTrainDataset(lay, list(shard(ids, info))[:each], mask_dir, args.crop_size,
                               args.mask_fill)
 
-    claim_run(os.path.join(out_dir, "last.pth"), out_dir, args.resume, args.overwrite, info)
+    claim_run(last, out_dir, args.resume, args.overwrite, info)
     log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
     seed_everything(args.seed + info.rank)
     num_classes = lay.num_classes + 1
-    net, info_w = build_segmentation_net(args.backbone, num_classes, weights=weights)
+    net, info_w = build_segmentation_net(backbone, num_classes, weights=weights)
     model = prepare_model(net, device, info, args.compile)
-    sampler = SegBatchSampler(len(dataset), args.batch_size, args.num_epochs)
+    sampler = SegBatchSampler(len(dataset), opt.batch_size, opt.epochs)
     max_step = len(sampler)
-    group_wd, momentum = seg_optim(args.backbone, args.wt_dec, args.momentum)
-    optimizer = PolySGD(net.param_groups(args.lr, group_wd), max_step, momentum=momentum)
+    group_wd, momentum = seg_optim(backbone, opt.weight_decay, args.momentum)
+    optimizer = PolySGD(net.param_groups(opt.lr, group_wd), max_step, momentum=momentum)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    last = os.path.join(out_dir, "last.pth")
     start_step = sampler.steps_per_epoch * start_training(
-        last, log, args, f"{args.backbone} on {len(ids)} pseudo masks of {mask_dir}, "
+        last, log, args, f"{backbone} on {len(ids)} pseudo masks of {mask_dir}, "
         f"{num_classes} classes, {sampler.steps_per_epoch} steps per epoch x "
-        f"{args.num_epochs}; weights {weights or 'none (from scratch)'}: "
+        f"{opt.epochs}; weights {weights or 'none (from scratch)'}: "
         f"{len(info_w['fresh'])} fresh tensors, {len(info_w['dropped'])} file tensors unused",
         net, optimizer, scaler, info,
         resolved={"weights": weights or "none", "train_list": train_list,
-                  "seg_pgt_path": mask_dir})
+                  "seg_pgt_path": mask_dir, "backbone": backbone, "epochs": opt.epochs,
+                  "batch_size": opt.batch_size, "lr": opt.lr,
+                  "weight_decay": opt.weight_decay})
     # the batch order is drawn from numpy's stream seeded here; a resumed run redraws it
     # from the same seed and skips the batches already done
     np.random.seed(args.seed + info.rank)

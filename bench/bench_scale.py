@@ -88,8 +88,12 @@ def _seed_writer(out: str, geo: str, images: str):
     """``infer_PCSS.py --dict --crf --alphas 1 12``'s writer into ``out``."""
     from functools import partial
 
+    from engine.run_folder import CRF_ALPHAS, alpha_name
     from engine.seeds import SeedWriter
-    return SeedWriter.plan(out, dict=True, crf_alphas=(1.0, 12.0), threshold=0.45,
+
+    def folder(kind, alpha=None):
+        return os.path.join(out, kind, *([] if alpha is None else [alpha_name(alpha)]))
+    return SeedWriter.plan(folder, dict=True, crf_alphas=CRF_ALPHAS, threshold=0.45,
                            class_names=[str(k) for k in range(SEED_CLASSES[geo])],
                            image_path=partial(_image_path, images))
 

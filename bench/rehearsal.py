@@ -33,6 +33,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
+from engine.run_folder import RunFolder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC = "data/VOC2012"
 SPLITS = {"train": 1, "aug": 2, "val": 1, "test": 1}
@@ -199,7 +201,7 @@ def write_weights(pretrained: str) -> Dict[str, int]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Rehearse the README's VOC commands on a synthetic VOC folder",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--work", default=os.path.join(ROOT, "experiment", "rehearsal"),
+    p.add_argument("--work", default=RunFolder("rehearsal", ROOT).dir,
                    help="working folder (emptied first): data/VOC2012, pretrained/, experiment/")
     p.add_argument("--quick", action="store_true",
                    help="the test's form: one image per split at half the VOC sizes, one "

@@ -9,6 +9,8 @@ returning plain values (deit's ``engine.py`` habit); the top-level scripts wire 
 - ``engine.toy_pretrain``: the toy set's self-supervised stand-in for ImageNet pre-training.
 - ``engine.pipeline``: the runner of ``pipeline.py`` - the stages as the scripts' command
   lines, the preflight, skipping and resuming, the report.
+- ``engine.run_folder``: ``RunFolder``, every path a run reads or writes under
+  ``experiment/<name>/`` (torch-free).
 - ``engine.common``: what the loops share - ``prepare_model`` (compile, then DDP),
   ``optimizer_step``, ``stop_if_not_finite``, and an inference's claim on its output folders
   (``claim_outputs`` / ``pending_outputs``).

@@ -10,7 +10,7 @@ own command lines, the checks before any work, skipping and resuming, and the re
   weight file the stages start from (named, with where to get it); free disk against what
   the stages will write (the dataset's ``disk_per_image`` x list lengths); the device. One
   line per problem, and nothing is written.
-- **Skipping and resuming** (``decide``): ``experiment/<name>/pipeline.json`` records, per
+- **Skipping and resuming** (``decide``): the run folder's ``pipeline.json`` records, per
   stage, a key (its command line and the keys of the stages it reads from) and the
   fingerprints of its outputs. A stage whose key and outputs are unchanged is skipped; one
   that was started and killed continues (a training stage with ``--resume``, an inference
@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from datasets.layout import TOY_SET, Layout, dataset, layout
-from models.registry import BACKBONES, backbone_folder
+from engine.run_folder import CRF_ALPHAS, RunFolder, alpha_name
+from models.registry import BACKBONES
 from utils.errors import UserError
 from utils.lists import read_id_list
 from utils.commands import ROOT
 
-STATE_FILE = "pipeline.json"
 GB = 1e9
 
 # ---------------------------------------------------------------------------- flags
@@ -206,8 +206,6 @@ def _list_length(path: str) -> int:
         return 0
 
 
-def _rel(*parts: str) -> str:
-    return os.path.join(*parts)
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -215,11 +213,11 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
                routed: Mapping[str, List[str]], parsers: Mapping[str, argparse.ArgumentParser],
                until: Optional[str] = None, test: bool = False, nproc: int = 1,
                baseline_images: int = 400) -> List[Stage]:
-    """The stages of the run ``experiment/<name>`` in order, with their full command lines
-    (every one parsed by its script's parser), outputs, dependencies and estimates."""
-    exp = _rel("experiment", name)
+    """The stages of the run ``name`` (``RunFolder(name)``) in order, with their full command
+    lines (every one parsed by its script's parser), outputs, dependencies and estimates."""
+    run = RunFolder(name)       # paths as the commands, run from the repository, name them
     if preset == "toy":
-        data_set, data_path = TOY_SET.name, _rel(exp, "toy")
+        data_set, data_path = TOY_SET.name, run.toy_data
     lay = layout(data_set, data_path, check=False)    # paths as the commands name them
     rel = lambda p: p                                 # noqa: E731
     data = ["--data-set", data_set, "--data-path", data_path]
@@ -258,7 +256,7 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
         n_train = int(ns.num_images * (1 - ns.val_fraction))
         plan[-1].seconds = ns.num_images * rate["toy_data"]
         plan[-1].disk = ns.num_images * 15e3
-        weights = _rel(exp, "pretrain", "deit_toy.pth")
+        weights = run.pretrained("toy")
         ns = add(Stage("pretrain", "pretrain_toy.py", "train",
                        ["--name", name, *toy_pretraining(), "--out", weights, *data,
                         *common],
@@ -273,62 +271,64 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
         base += toy_seed_training(weights) + common
     ns = add(Stage("seeds_train", seeds_script, "train", base,
                    deps=["toy_data", "pretrain"] if toy else [],
-                   ckpt=_rel(exp, "ckpt", "last.pth")),
+                   ckpt=run.last_checkpoint("seeds")),
              derive=lambda ns: toy_schedule(ns, routed.get("seeds_train", [])) if toy else [])
     last_epoch = ns.epochs - 1
-    plan[-1].outputs = [_rel(exp, "ckpt", f"{last_epoch:03d}net_trm.pth")]
+    plan[-1].outputs = [run.epoch_checkpoint(last_epoch)]
     plan[-1].seconds = ns.epochs * n_train * rate["seeds_train"]
     plan[-1].disk = ns.epochs * disk["ckpt_epoch"] + disk["ckpt_last"]
     arch = ["--arch", ns.arch]
-    alphas = ["0.5", "2"] if toy else ["1", "12"]
+    alphas = ["0.5", "2"] if toy else [alpha_name(a) for a in CRF_ALPHAS]
     ns = add(Stage("seeds", "infer_PCSS.py", "infer",
                    ["--name", name, *arch, "--load_epo", str(last_epoch), "--dict"]
                    + (["--crf", "--alphas", *alphas] if crf_needed else [])
                    + (["--val_list", train_list] if toy else []) + data + common,
                    deps=["seeds_train"]))
-    alphas = [f"{a:g}" for a in ns.alphas]
-    n_infer = _list_length(os.path.join(ROOT, ns.val_list or rel(lay.infer_list))) or n_train
-    crf_dirs = [_rel(exp, "crf", a) for a in alphas] if crf_needed else []
-    plan[-1].outputs = [_rel(exp, "dict")] + crf_dirs
+    alphas = ns.alphas
+    n_infer = _list_length(os.path.join(ROOT, ns.infer_list or rel(lay.infer_list))) or n_train
+    crf_dirs = [run.crf_dir(a) for a in alphas] if crf_needed else []
+    plan[-1].outputs = [run.dict_dir] + crf_dirs
     plan[-1].seconds = n_infer * (rate["seeds"] + (rate["crf"] * len(alphas) / 2
                                                    if crf_needed else 0))
     plan[-1].disk = n_infer * (disk["dict"] + (disk["crf"] * len(alphas) if crf_needed else 0))
     seeds_list = train_list if toy else rel(lay.eval_list)
     thresholds = ["--thresholds", "0.30", "0.80", "0.01"] if toy else []
-    seeds_json = _rel(exp, "eval_seeds.json")
+    seeds_json = run.eval_json("seeds")
     add(Stage("seeds_eval", "evaluation.py", "eval",
-              ["--name", name, "--task", "cam", "--dict_dir", _rel(exp, "dict"), "--list",
+              ["--name", name, "--task", "cam", "--dict_dir", run.dict_dir, "--list",
                seeds_list, *data, *thresholds, "--json", seeds_json],
-              deps=["seeds"], outputs=[seeds_json, _rel(exp, "eval_cam.json")], result=seeds_json))
+              deps=["seeds"], outputs=[seeds_json, run.eval_json("cam")], result=seeds_json))
     plan[-1].seconds = _list_length(os.path.join(ROOT, seeds_list)) * rate["eval"] * 5
     if toy:
-        plan += toy_baseline(name, exp, data, common, train_list, baseline_images, parsers,
+        plan += toy_baseline(run, data, common, train_list, baseline_images, parsers,
                              routed, spaces)
     # ---- refinement
     la, ha = crf_dirs[:1] + crf_dirs[-1:] if crf_dirs else (None, None)
     ns = add(Stage("aff_train", "train_aff.py", "train",
                    ["--name", name, "--la_crf_dir", str(la), "--ha_crf_dir", str(ha)]
                    + (toy_affinity() if toy else []) + data + common, deps=["seeds"]))
-    folder = _rel(exp, backbone_folder("aff", ns.backbone or default_net))
-    plan[-1].outputs, plan[-1].ckpt = [_rel(folder, "aff_net.pth")], _rel(folder, "last.pth")
-    plan[-1].seconds = (ns.max_epoches or 5) * n_infer * rate["aff_train"]
+    backbone = ns.backbone or default_net
+    plan[-1].outputs = [run.trained_weights("affinity", backbone)]
+    plan[-1].ckpt = run.last_checkpoint("affinity", backbone)
+    plan[-1].seconds = (ns.epochs or 5) * n_infer * rate["aff_train"]
     plan[-1].disk = disk["aff"]
     masks_list = seeds_list
     if "rw_train" in names:
         add(Stage("rw_train", "infer_aff.py", "infer",
-                  ["--name", name, "--infer_list", masks_list, "--out_rw", _rel(exp, "rw_train"),
+                  ["--name", name, "--infer_list", masks_list, "--out_rw", run.rw_train_dir,
                    *data, *common], deps=["aff_train", "seeds", "seeds_eval"],
-                  outputs=[_rel(exp, "rw_train")]))
+                  outputs=[run.rw_train_dir]))
         n = _list_length(os.path.join(ROOT, masks_list))
         plan[-1].seconds, plan[-1].disk = n * rate["rw"], n * disk["png"]
     rw_args = ["--name", name] + (["--infer_list", train_list] if toy else []) + data + common
     rw_stage = Stage("rw", "infer_aff.py", "infer", rw_args,
-                     deps=["aff_train", "seeds", "seeds_eval"], outputs=[_rel(exp, "rw")])
+                     deps=["aff_train", "seeds", "seeds_eval"], outputs=[run.rw_dir])
     rw_stage.seconds, rw_stage.disk = n_train * rate["rw"], n_train * disk["png"]
-    masks_json = _rel(exp, "eval_masks.json")
+    masks_json = run.eval_json("masks")
     walked = "rw_train" if "rw_train" in names else "rw"
     masks = Stage("masks_eval", "evaluation.py", "eval",
-                  ["--name", name, "--task", "png", "--dict_dir", _rel(exp, walked), "--list",
+                  ["--name", name, "--task", "png", "--dict_dir",
+                   run.rw_train_dir if walked == "rw_train" else run.rw_dir, "--list",
                    masks_list, *data, "--json", masks_json],
                   deps=[walked], outputs=[masks_json], result=masks_json)
     masks.seconds = _list_length(os.path.join(ROOT, masks_list)) * rate["eval"]
@@ -338,9 +338,10 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     ns = add(Stage("seg_train", "train_seg.py", "train",
                    ["--name", name] + (toy_segmentation() if toy else []) + data + common,
                    deps=["rw"]))
-    folder = _rel(exp, backbone_folder("segnet", ns.backbone or default_net))
-    plan[-1].outputs, plan[-1].ckpt = [_rel(folder, "seg_net.pth")], _rel(folder, "last.pth")
-    plan[-1].seconds = (ns.num_epochs or 30) * n_train * rate["seg_train"]
+    backbone = ns.backbone or default_net
+    plan[-1].outputs = [run.trained_weights("segmentation", backbone)]
+    plan[-1].ckpt = run.last_checkpoint("segmentation", backbone)
+    plan[-1].seconds = (ns.epochs or 30) * n_train * rate["seg_train"]
     plan[-1].disk = disk["segnet"]
     val_list = rel(lay.seg_val_list)
     n_val = _list_length(os.path.join(ROOT, val_list)) or int(1600 * 0.2)
@@ -348,32 +349,32 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
                    ["--name", name] + (["--infer_list", val_list] if toy else ["--use_crf"])
                    + data + common, deps=["seg_train"]))
     backbone = ns.backbone or default_net          # other backbones predict beside the default
-    seg_dir = _rel(exp, backbone_folder("seg", backbone))
+    seg_dir = run.seg_dir(backbone)
     plan[-1].outputs = [seg_dir]
     plan[-1].seconds, plan[-1].disk = n_val * rate["seg_val"], n_val * disk["png"]
-    seg_json = _rel(exp, "eval_seg.json")
+    seg_json = run.eval_json("seg")
     add(Stage("seg_eval", "evaluation.py", "eval",
               ["--name", name, "--task", "png", "--dict_dir", seg_dir, "--list",
                val_list, *data, "--json", seg_json],
               deps=["seg_val"], outputs=[seg_json], result=seg_json))
     plan[-1].seconds = n_val * rate["eval"]
-    figure_ids = _rel(exp, "figure_ids.txt")
+    figure_ids = run.figure_ids
     fig = Stage("figure", "infer_seg.py", "infer",
-                ["--name", name, "--infer_list", figure_ids, "--out", _rel(exp, "figure_seg"),
+                ["--name", name, "--infer_list", figure_ids, "--out", run.figure_seg,
                  "--num_workers", "0", *data]
                 + (["--device", "auto", "--seed", "0"] if toy else ["--use_crf"]),
                 deps=["seg_train", "seeds", "seeds_eval", "rw"],
-                outputs=[_rel(exp, "figure_seg"), _rel(exp, "figure.png")])
+                outputs=[run.figure_seg, run.figure])
     fig.prepare = lambda: _write_ids(os.path.join(ROOT, figure_ids),
                                      read_id_list(os.path.join(ROOT, masks_list))[:6])
-    fig.finish = lambda: draw_figure(exp, lay)
+    fig.finish = lambda: draw_figure(RunFolder(name, ROOT), lay)
     fig.seconds = 6 * rate["seg_val"]
     add(fig)
     if test:
         add(Stage("test", "infer_seg.py", "infer", ["--name", name, "--use_crf", "--split",
                                                     "test", *data],
                   deps=["seg_train"],
-                  outputs=[_rel(exp, backbone_folder("results", backbone) + ".tar.gz")]))
+                  outputs=[run.results_archive(backbone)]))
         plan[-1].seconds = 1456 * rate["seg_val"]
     plan = plan[:[s.name for s in plan].index(until) + 1] if until else plan
     for stage in plan:
@@ -448,18 +449,19 @@ def toy_segmentation() -> List[str]:
     return ["--crop_size", "96", "--num_epochs", "4", "--no-tensorboard"]
 
 
-def toy_baseline(name: str, exp: str, data: List[str], common: List[str], train_list: str,
+def toy_baseline(run: RunFolder, data: List[str], common: List[str], train_list: str,
                  images: int, parsers, routed, spaces) -> List[Stage]:
     """The untrained baseline of the toy run: a randomly initialised network's seeds on the
     first ``images`` train ids (a random network scores about the same on any sizeable
     sample), scored like the trained one's."""
-    weights = _rel(exp, "untrained", "random_init.pth")
-    ids = _rel(exp, "baseline_ids.txt")
+    base = run.untrained
+    weights = base.random_init
+    ids = run.baseline_ids
     seeds = spaces["seeds_train"]
     untrained = Stage("untrained", "infer_PCSS.py", "infer",
-                      ["--name", f"{name}/untrained", "--arch", seeds.arch, "--load_pretrained",
+                      ["--name", base.name, "--arch", seeds.arch, "--load_pretrained",
                        weights, "--val_list", ids, *data, *common], deps=["toy_data"],
-                      outputs=[_rel(exp, "untrained", "dict")])
+                      outputs=[base.dict_dir])
 
     def prepare():
         from models.weights import save_initial_weights
@@ -470,10 +472,10 @@ def toy_baseline(name: str, exp: str, data: List[str], common: List[str], train_
         _write_ids(os.path.join(ROOT, ids),
                    read_id_list(os.path.join(ROOT, train_list))[:images])
     untrained.prepare = prepare
-    out = _rel(exp, "untrained", "eval_seeds.json")
+    out = base.eval_json("seeds")
     scored = Stage("untrained_eval", "evaluation.py", "eval",
-                   ["--name", f"{name}/untrained", "--task", "cam", "--dict_dir",
-                    _rel(exp, "untrained", "dict"), "--list", ids, *data, "--thresholds", "0.30",
+                   ["--name", base.name, "--task", "cam", "--dict_dir",
+                    base.dict_dir, "--list", ids, *data, "--thresholds", "0.30",
                     "0.80", "0.01", "--json", out], deps=["untrained"], outputs=[out], result=out)
     for stage in (untrained, scored):
         user = list(routed.get(stage.name, []))
@@ -560,11 +562,10 @@ def preflight(plan: List[Stage], name: str,
                             f"not start; pass --from {stage.name} to start it over, or remove it")
     # ---- disk
     need = sum(s.disk for s in to_run)
-    exp = os.path.join(ROOT, "experiment", name)
-    free = free_bytes(exp)
+    free = free_bytes(RunFolder(name, ROOT).dir)
     if need > free:
         problems.append(f"not enough free disk: the stages to run write ~{_size(need)} under "
-                        f"experiment/{name}, and {_size(free)} are free there; free space or "
+                        f"{RunFolder(name)}, and {_size(free)} are free there; free space or "
                         f"stop earlier with --until STAGE")
     # ---- device
     devices = {s.ns.device for s in to_run if hasattr(s.ns, "device")}
@@ -613,20 +614,21 @@ def check_device(devices, nproc: int, data_set: str) -> List[str]:
 
 
 # ---------------------------------------------------------------------------- state
-def read_state(exp: str) -> dict:
+def read_state(run: RunFolder) -> dict:
+    """The pipeline's records of ``run`` (its ``pipeline.json``)."""
     try:
-        with open(os.path.join(exp, STATE_FILE)) as f:
+        with open(run.state_file) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {"stages": {}}
 
 
-def write_state(exp: str, state: dict) -> None:
-    os.makedirs(exp, exist_ok=True)
-    tmp = os.path.join(exp, STATE_FILE + ".tmp")
+def write_state(run: RunFolder, state: dict) -> None:
+    os.makedirs(run.dir, exist_ok=True)
+    tmp = run.state_file + ".tmp"
     with open(tmp, "w") as f:
         json.dump(state, f, indent=1)
-    os.replace(tmp, os.path.join(exp, STATE_FILE))
+    os.replace(tmp, run.state_file)
 
 
 def fingerprint(path: str):
@@ -736,9 +738,9 @@ def _stage_folders(stage: Stage) -> List[str]:
     return stage.outputs
 
 
-def run_plan(plan: List[Stage], exp: str, state: dict, nproc: int = 1) -> dict:
-    """Run the stages that are not skipped, in order, recording each in
-    ``<exp>/pipeline.json`` (``started`` before, ``done`` with its outputs' fingerprints,
+def run_plan(plan: List[Stage], run: RunFolder, state: dict, nproc: int = 1) -> dict:
+    """Run the stages that are not skipped, in order, recording each in ``run``'s
+    ``pipeline.json`` (``started`` before, ``done`` with its outputs' fingerprints,
     time and disk after). A failed stage ends the program with a message naming it."""
     records = state.setdefault("stages", {})
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -750,7 +752,7 @@ def run_plan(plan: List[Stage], exp: str, state: dict, nproc: int = 1) -> dict:
             stage.prepare()
         records[stage.name] = {"key": stage.key, "state": "started",
                                "command": stage.shown(nproc)}
-        write_state(exp, state)
+        write_state(run, state)
         print(f"\n=== {stage.name} ({stage.action}): {stage.shown(nproc)}", flush=True)
         t0 = time.time()
         res = subprocess.run([sys.executable] + stage.argv(nproc), cwd=ROOT, env=env)
@@ -763,7 +765,7 @@ def run_plan(plan: List[Stage], exp: str, state: dict, nproc: int = 1) -> dict:
             "key": stage.key, "state": "done", "command": stage.shown(nproc),
             "seconds": round(time.time() - t0, 1), "disk_bytes": disk_used(_stage_folders(stage)),
             "outputs": {p: fingerprint(p) for p in stage.outputs}}
-        write_state(exp, state)
+        write_state(run, state)
     return state
 
 
@@ -797,7 +799,8 @@ def summarize(plan: List[Stage], state: dict, data_set: str) -> dict:
     if res.get("untrained_eval"):
         r = res["untrained_eval"]
         out.update(untrained_miou=r["best_miou"], untrained_threshold=r["best_threshold"],
-                   untrained_images=_list_length(os.path.join(ROOT, spaces["untrained"].val_list)))
+                   untrained_images=_list_length(os.path.join(ROOT,
+                                                               spaces["untrained"].infer_list)))
     if res.get("masks_eval"):
         out.update(mask_miou=res["masks_eval"]["best_miou"],
                    mask_class_iou=res["masks_eval"]["class_iou"])
@@ -814,13 +817,13 @@ def summarize(plan: List[Stage], state: dict, data_set: str) -> dict:
     return out
 
 
-def write_report(exp: str, summary: dict, plan: List[Stage]) -> None:
-    """``summary.json`` and ``report.md`` in ``exp``."""
-    with open(os.path.join(exp, "summary.json"), "w") as f:
+def write_report(run: RunFolder, summary: dict, plan: List[Stage]) -> None:
+    """``summary.json`` and ``report.md`` of ``run``."""
+    with open(run.summary, "w") as f:
         json.dump(summary, f, indent=2)
     lit = summary.get("literature", {})
     fmt = lambda v: "—" if v is None else f"{v:.2f}"      # noqa: E731
-    lines = [f"# Pipeline report: {os.path.basename(exp)} ({summary['data_set']})", "",
+    lines = [f"# Pipeline report: {os.path.basename(run.name)} ({summary['data_set']})", "",
              "| stage | mIoU here | PCSS in the literature |", "|---|---|---|"]
     for label, key, ref in (("seeds (train list)", "miou", "seeds"),
                             ("untrained network's seeds", "untrained_miou", None),
@@ -846,11 +849,11 @@ def write_report(exp: str, summary: dict, plan: List[Stage]) -> None:
         lines.append(f"| {s.name} | {'—' if t is None else _duration(t)} | "
                      f"{'—' if d is None else _size(d)} | `{s.shown()}` |")
     lines += ["", f"Total stage time: {_duration(summary.get('total_s', 0))}.", ""]
-    with open(os.path.join(exp, "report.md"), "w") as f:
+    with open(run.report, "w") as f:
         f.write("\n".join(lines))
 
 
-def draw_figure(exp: str, lay: Layout) -> None:
+def draw_figure(run: RunFolder, lay: Layout) -> None:
     """``figure.png``: six training images through every stage (image | ground truth | CAM |
     seed | pseudo mask | segmentation)."""
     import numpy as np
@@ -863,24 +866,23 @@ def draw_figure(exp: str, lay: Layout) -> None:
     from wsss.scorefile import score_file
     from utils.vis import cam_overlay, save_panel_grid
 
-    full = os.path.join(ROOT, exp)
     lay = layout(lay.data_set, os.path.join(ROOT, lay.root), check=False)
-    threshold = best_threshold(full)
+    threshold = best_threshold(run.eval_json("cam"))
     rows = []
-    for i in read_id_list(os.path.join(full, "figure_ids.txt")):
+    for i in read_id_list(run.figure_ids):
         rgb = np.asarray(load_image(lay.image_path(i)))
-        cams = load_cam_dict(score_file(os.path.join(full, "dict"), i))
+        cams = load_cam_dict(score_file(run.dict_dir, i))
         cam = np.max(np.stack(list(cams.values())), 0) if cams else np.zeros(rgb.shape[:2])
-        rw = os.path.join(full, "rw", i + ".png")
+        rw = os.path.join(run.rw_dir, i + ".png")
         rows.append([(rgb, "image"), (read_label_png(lay.gt_path(i)), "ground truth"),
                      (cam_overlay(rgb, cam), "CAM"),
                      (pseudo_label(cams, threshold, rgb.shape[:2]), f"seed @ {threshold:.2f}"),
                      (read_label_png(rw) if os.path.isfile(rw) else np.zeros(rgb.shape[:2],
                                                                              np.uint8),
                       "pseudo mask"),
-                     (read_label_png(os.path.join(full, "figure_seg", i + ".png")),
+                     (read_label_png(os.path.join(run.figure_seg, i + ".png")),
                       "segmentation")])
-    save_panel_grid(rows, os.path.join(full, "figure.png"))
+    save_panel_grid(rows, run.figure)
 
 
 def run_pipeline(name: str, data_set: str, data_path: str, preset: str, extra: Sequence[str],
@@ -888,7 +890,7 @@ def run_pipeline(name: str, data_set: str, data_path: str, preset: str, extra: S
                  redo_from: Optional[str] = None, until: Optional[str] = None,
                  test: bool = False, nproc: int = 1, resume_training: Optional[bool] = None,
                  baseline_images: int = 400) -> Optional[dict]:
-    """Plan, check, run and report ``experiment/<name>`` (see the module's docstring).
+    """Plan, check, run and report the run ``name`` (see the module's docstring).
     Returns the summary (None for a dry run). A ``UserError`` with one line per problem
     when the preflight fails; nothing is written then."""
     stages = stage_names(data_set, preset, test)
@@ -904,15 +906,15 @@ def run_pipeline(name: str, data_set: str, data_path: str, preset: str, extra: S
     routed = route_flags(extra, stages, parsers)
     plan = build_plan(name, data_set, data_path, preset, routed, parsers, until=until,
                       test=test, nproc=nproc, baseline_images=baseline_images)
-    exp = os.path.join(ROOT, "experiment", name)
-    state = read_state(exp)
+    run = RunFolder(name, ROOT)
+    state = read_state(run)
     if resume_training is None:
         resume_training = preset != "toy"
     # the toy run is minutes of CPU: what an earlier demo left there (without a record) is
     # replaced; a real run's training folder the pipeline did not write is refused instead
     decide(plan, state, parsers, redo_from, resume_training, replace_unknown=preset == "toy")
     if preset == "toy":
-        data_set, data_path = TOY_SET.name, os.path.join("experiment", name, "toy")
+        data_set, data_path = TOY_SET.name, RunFolder(name).toy_data
     problems = preflight(plan, name, data_set, data_path, preset, nproc)
     if dry_run:
         show_plan(plan, nproc)
@@ -922,7 +924,7 @@ def run_pipeline(name: str, data_set: str, data_path: str, preset: str, extra: S
     if problems:
         raise UserError("\nerror: ".join(problems))
     show_plan(plan, nproc)
-    run_plan(plan, exp, state, nproc)
+    run_plan(plan, run, state, nproc)
     summary = summarize(plan, state, data_set)
-    write_report(exp, summary, plan)
+    write_report(run, summary, plan)
     return summary

@@ -139,14 +139,16 @@ class SeedWriter:
     formats: Dict[str, str] = field(default_factory=lambda: {"dict": "psa", "crf": "compact"})
 
     @classmethod
-    def plan(cls, exp_dir: str, dict: bool = True, png: bool = False, vis: bool = False,
-             crf_alphas: Sequence[float] = (), crf_png_alphas: Sequence[float] = (),
-             **kw) -> "SeedWriter":
+    def plan(cls, folder: Callable[..., str], dict: bool = True, png: bool = False,
+             vis: bool = False, crf_alphas: Sequence[float] = (),
+             crf_png_alphas: Sequence[float] = (), **kw) -> "SeedWriter":
+        """The writer of the asked-for outputs; ``folder(kind)`` / ``folder(kind, alpha)``
+        names their folders (``engine.run_folder.RunFolder.seed_folder``)."""
         folders: Dict[Union[str, Tuple[str, float]], str] = {
-            kind: os.path.join(exp_dir, kind)
+            kind: folder(kind)
             for kind, on in (("dict", dict), ("png", png), ("vis", vis)) if on}
         for kind, alphas in (("crf", crf_alphas), ("crf_png", crf_png_alphas)):
-            folders.update({(kind, a): os.path.join(exp_dir, kind, f"{a:g}") for a in alphas})
+            folders.update({(kind, a): folder(kind, a) for a in alphas})
         return cls(folders, **kw)
 
     def _kind(self, folder: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -53,7 +52,7 @@ class Backbone:
     the net's new head (``head_modules``) stays fresh. ``download``: the torchvision
     weights that ``--weights download`` fetches. ``own_folder``: its trained nets and
     predictions live beside the default backbone's, in ``<folder>_<name>/``.
-    ``seg_recipe``: train_seg.py's defaults (``iterations`` instead of ``num_epochs``: as
+    ``seg_recipe``: train_seg.py's defaults (``iterations`` instead of ``epochs``: as
     many epochs as that many steps of ``batch_size`` make); ``decay_as_momentum``: MCTformer's
     quirk of passing the weight decay as SGD's momentum (no decay applied)."""
     name: str
@@ -65,7 +64,7 @@ class Backbone:
     download: Optional[str] = None
     own_folder: bool = False
     seg_recipe: Mapping[str, float] = field(default_factory=lambda: {
-        "num_epochs": 30, "batch_size": 4, "lr": 7e-4, "wt_dec": 1e-5})
+        "epochs": 30, "batch_size": 4, "lr": 7e-4, "weight_decay": 1e-5})
     decay_as_momentum: bool = False
 
     def builder(self, stage: str) -> Callable:
@@ -114,13 +113,13 @@ register_backbone(Backbone(
            "(https://download.pytorch.org/models/resnet101-63fe2227.pth, or --weights download)",
     prefix="backbone.", download="ResNet101_Weights.IMAGENET1K_V1", own_folder=True,
     # deeplab-pytorch's voc12.yaml: 20,000 iterations of batch 10
-    seg_recipe={"iterations": 20000, "batch_size": 10, "lr": 2.5e-4, "wt_dec": 5e-4}))
+    seg_recipe={"iterations": 20000, "batch_size": 10, "lr": 2.5e-4, "weight_decay": 5e-4}))
 register_backbone(Backbone(
     "toy",
     nets={"affinity": ("models.backbones:ToyAff", "small, for the toy set"),
           "segmentation": ("models.backbones:ToySeg", "small, for the toy set")},
     stride=4,
-    seg_recipe={"num_epochs": 3, "batch_size": 16, "lr": 0.005, "wt_dec": 5e-4}))
+    seg_recipe={"epochs": 3, "batch_size": 16, "lr": 0.005, "weight_decay": 5e-4}))
 
 # --arch: the seed network's widths (models.mct_vit.build_arch): the paper's DeiT-S, DeiT-Ti,
 # and a small CPU-friendly network for the synthetic toy set
@@ -226,34 +225,6 @@ def build_segmentation_net(backbone: str, num_classes: int, weights: Optional[st
     return net, load_initial_weights(net, backbone, weights)
 
 
-def backbone_folder(folder: str, backbone: Optional[str] = None) -> str:
-    """``folder`` of a run (``segnet``, ``seg``, ...) for ``backbone``: ``<folder>_<backbone>``
-    for the backbones that live beside the default one (``Backbone.own_folder``)."""
-    own = backbone in BACKBONES and BACKBONES[backbone].own_folder
-    return f"{folder}_{backbone}" if own else folder
-
-
-def trained_weights_path(exp_dir: str, stage: str, backbone: Optional[str] = None) -> str:
-    """Where the training script of ``stage`` ("affinity" / "segmentation") writes the
-    net's state dict in the experiment folder ``exp_dir``: ``<folder>/<file>``, in a folder
-    of its own for the backbones that live beside the default one (``backbone_folder``)."""
-    folder, file, _, _ = TRAINED_FILES[stage]
-    return os.path.join(exp_dir, backbone_folder(folder, backbone), file)
-
-
-def find_trained_weights(value: Optional[str], exp_dir: str, stage: str,
-                         backbone: Optional[str] = None) -> str:
-    """The trained ``stage`` net to load: ``value`` (``--weights``) or the file of
-    ``trained_weights_path``; a ``UserError`` saying how to make it when absent."""
-    path = value or trained_weights_path(exp_dir, stage, backbone)
-    if not os.path.isfile(path):
-        _, _, script, example = TRAINED_FILES[stage]
-        flag = f" --backbone {backbone}" if backbone_folder("", backbone) else ""
-        raise UserError(f"{stage} weights not found: {path}. Train them with `python {script} "
-                        f"--name {os.path.basename(exp_dir)}{flag}`, or pass --weights{example}.")
-    return path
-
-
 def _load_trained(net, path: str, device, what: str):
     from models.weights import load_model_weights
 
@@ -278,36 +249,36 @@ def load_segmentation_net(backbone: str, path: str, num_classes: int, device=Non
 
 # ----------------------------------------------------------------------------- recipes
 AFF_RECIPES = {     # train_aff.py --recipe: MCTformer's (the default) or PSA's lr and epochs
-    "mct": {"lr": 0.01, "max_epoches": 5},
-    "psa": {"lr": 0.1, "max_epoches": 8},
+    "mct": {"lr": 0.01, "epochs": 5},
+    "psa": {"lr": 0.1, "epochs": 8},
 }
 
 
 def aff_recipe(name: str) -> Dict[str, float]:
-    """Default ``lr`` and ``max_epoches`` of ``train_aff.py`` (docs/method.md, Affinity
+    """Default ``lr`` and ``epochs`` of ``train_aff.py`` (docs/method.md, Affinity
     loss): MCTformer's ("mct": 0.01, 5 epochs, the default) or PSA's ("psa": 0.1, 8
     epochs)."""
     return dict(AFF_RECIPES[name])
 
 
 def seg_recipe(backbone: str, num_images: int) -> Dict[str, float]:
-    """Default ``num_epochs``, ``batch_size``, ``lr``, ``wt_dec`` of ``train_seg.py``, the
+    """Default ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` of ``train_seg.py``, the
     backbone's ``seg_recipe``: MCTformer's ``run_seg.sh`` for resnet38 (30 epochs, batch 4,
     7e-4, 1e-5), deeplab-pytorch's ``voc12.yaml`` for deeplabv2_r101 (20,000 iterations of
     batch 10 as epochs of ``num_images``, 2.5e-4, 5e-4), and a short CPU schedule for toy."""
     recipe = dict(BACKBONES[backbone].seg_recipe)
     if "iterations" in recipe:
         steps = max(num_images // recipe["batch_size"], 1)
-        recipe = {"num_epochs": max(1, math.ceil(recipe.pop("iterations") / steps)), **recipe}
+        recipe = {"epochs": max(1, math.ceil(recipe.pop("iterations") / steps)), **recipe}
     return recipe
 
 
-def seg_optim(backbone: str, wt_dec: float, momentum: Optional[float]
+def seg_optim(backbone: str, weight_decay: float, momentum: Optional[float]
               ) -> Tuple[float, float]:
     """``(weight decay of the groups, SGD momentum)``. resnet38 keeps the reference's
     quirk (``decay_as_momentum``): its weight-decay argument becomes SGD's momentum and no
     decay is applied (unless ``momentum`` is given, which then comes with the decay as
     asked). The others: the decay as given and momentum 0.9."""
     if BACKBONES[backbone].decay_as_momentum:
-        return (0.0, wt_dec) if momentum is None else (wt_dec, momentum)
-    return wt_dec, 0.9 if momentum is None else momentum
+        return (0.0, weight_decay) if momentum is None else (weight_decay, momentum)
+    return weight_decay, 0.9 if momentum is None else momentum

@@ -8,14 +8,12 @@
 - Loading: ``load_model_weights`` (strict, names what does not match), ``init_from_deit``
   (ImageNet DeiT -> C class tokens; docs/method.md, Initialisation from DeiT),
   ``load_network`` (build + load + eval).
-- Which file: ``deit_weights`` (the ImageNet weights of ``--finetune``), ``epoch_checkpoint``
-  (``--load_epo``).
+- Which file: ``deit_weights`` (the ImageNet weights of ``--finetune``).
 - Training: ``freeze_parameters`` (``--freeze`` patterns).
 """
 from __future__ import annotations
 
 import fnmatch
-import glob
 import os
 import pickle
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -246,19 +244,6 @@ def deit_weights(arch: str, finetune: Optional[str]) -> Optional[str]:
         lambda path: f"pretrained weights not found: {path}. Download the ImageNet DeiT "
                      f"weights ({url}) into pretrained/, pass --finetune PATH, or --finetune "
                      f"none to train from scratch.")
-
-
-def epoch_checkpoint(exp_dir: str, epoch: int) -> str:
-    """``<exp_dir>/ckpt/<EEE>net_trm.pth`` (the reference's name); a ``UserError`` listing
-    the epochs the run did save when it is absent."""
-    path = os.path.join(exp_dir, "ckpt", f"{epoch:03d}net_trm.pth")
-    if not os.path.isfile(path):
-        saved = sorted(os.path.basename(f)[:3]
-                       for f in glob.glob(os.path.join(exp_dir, "ckpt", "*net_trm.pth")))
-        have = f"saved epochs: {', '.join(saved)}" if saved else "no epoch checkpoints saved"
-        raise UserError(f"checkpoint not found: {path} ({have}). Check --name / --load_epo, "
-                        f"or pass a state dict with --load_pretrained.")
-    return path
 
 
 def load_network(arch: str, num_classes: int, input_size: int, path: str,

@@ -13,8 +13,9 @@ from datasets.loader import image_loader
 from engine.common import claim_outputs, pending_outputs
 from models.weights import initial_weights
 from datasets.layout import data_parent
-from models.registry import (BACKBONES, TRAINED_FILES, backbone_names, find_trained_weights,
-                             refine_net_parent, resolve_init_weights, trained_weights_path)
+from engine.run_folder import RunFolder
+from models.registry import (BACKBONES, TRAINED_FILES, backbone_names, refine_net_parent,
+                             resolve_init_weights)
 from utils.args import (check_training_length, overwrite_parent, positive_float,
                         script_parser, training_state_parent)
 from utils.checkpoint import claim_run, save_training_state, start_training
@@ -37,12 +38,13 @@ def test_refine_net_help_comes_from_the_tables_the_code_uses(stage):
         if BACKBONES[name].weights:
             assert BACKBONES[name].weights in flat(train)
     folder, file, script, _ = TRAINED_FILES[stage]
-    assert f"experiment/<name>/{folder}/{file}" in flat(infer) and script in flat(infer)
-    assert trained_weights_path("experiment/x", stage) == f"experiment/x/{folder}/{file}"
+    run = RunFolder("<name>")
+    assert run.trained_weights(stage) in flat(infer) and script in flat(infer)
+    assert run.trained_weights(stage) == run.path(folder, file)
     for name in backbone_names(stage):   # the other backbones' nets live beside the default
         own = BACKBONES[name].own_folder
-        assert trained_weights_path("experiment/x", stage, name) == (
-            f"experiment/x/{folder}_{name}/{file}" if own else f"experiment/x/{folder}/{file}")
+        assert run.trained_weights(stage, name) == (
+            run.path(f"{folder}_{name}", file) if own else run.path(folder, file))
 
 
 def test_script_parser_combines_the_shared_options():
@@ -50,7 +52,7 @@ def test_script_parser_combines_the_shared_options():
     args = p.parse_args(["--name", "n", "--resume", "--no-tensorboard", "--overwrite"])
     assert (args.data_set, args.data_path, args.device) == ("TOY", "toy", "auto")
     assert args.resume and not args.tensorboard and args.overwrite
-    assert "experiment/<name>/aff/last.pth" in " ".join(p.format_help().split())
+    assert RunFolder("<name>").last_checkpoint("affinity") in " ".join(p.format_help().split())
     assert not script_parser("y").parse_args(["--name", "n"]).__contains__("overwrite")
     p = script_parser("y", overwrite_parent("masks"))
     assert p.parse_args(["--name", "n", "--overwrite"]).overwrite
@@ -105,17 +107,21 @@ def test_initial_weights_resolution(tmp_path):
 
 
 def test_find_trained_weights(tmp_path):
-    exp = tmp_path / "experiment" / "run1"
+    run = RunFolder("run1", root=tmp_path)
     with pytest.raises(UserError) as e:
-        find_trained_weights(None, str(exp), "affinity")
+        run.find_trained_weights(None, "affinity")
     msg = str(e.value)
-    assert str(exp / "aff" / "aff_net.pth") in msg
+    assert run.path("aff", "aff_net.pth") in msg
     assert "python train_aff.py --name run1" in msg and "res38_aff.pth" in msg
-    path = exp / "segnet" / "seg_net.pth"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"x")
-    assert find_trained_weights(None, str(exp), "segmentation") == str(path)
-    assert find_trained_weights(str(path), "elsewhere", "affinity") == str(path)
+    with pytest.raises(UserError, match="python train_seg.py --name run1 --backbone "
+                                        "deeplabv2_r101"):
+        run.find_trained_weights(None, "segmentation", "deeplabv2_r101")
+    path = run.trained_weights("segmentation")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"x")
+    assert run.find_trained_weights(None, "segmentation") == path
+    assert RunFolder("elsewhere").find_trained_weights(str(path), "affinity") == str(path)
 
 
 # ------------------------------------------------------------------------ training runs

@@ -124,11 +124,11 @@ def test_training_recipes_come_from_the_backbone_entries():
     momentum), deeplab-pytorch's 20,000 iterations of batch 10 as epochs for DeepLabV2."""
     from models.registry import seg_optim, seg_recipe
 
-    assert seg_recipe("resnet38", 10582) == {"num_epochs": 30, "batch_size": 4, "lr": 7e-4,
-                                             "wt_dec": 1e-5}
-    assert seg_recipe("deeplabv2_r101", 10582) == {"num_epochs": 19, "batch_size": 10,
-                                                   "lr": 2.5e-4, "wt_dec": 5e-4}
-    assert seg_recipe("deeplabv2_r101", 5)["num_epochs"] == 20000
+    assert seg_recipe("resnet38", 10582) == {"epochs": 30, "batch_size": 4, "lr": 7e-4,
+                                             "weight_decay": 1e-5}
+    assert seg_recipe("deeplabv2_r101", 10582) == {"epochs": 19, "batch_size": 10,
+                                                   "lr": 2.5e-4, "weight_decay": 5e-4}
+    assert seg_recipe("deeplabv2_r101", 5)["epochs"] == 20000
     assert seg_optim("resnet38", 1e-5, None) == (0.0, 1e-5)
     assert seg_optim("resnet38", 1e-5, 0.9) == (1e-5, 0.9)
     assert seg_optim("deeplabv2_r101", 5e-4, None) == (5e-4, 0.9)

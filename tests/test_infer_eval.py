@@ -17,6 +17,7 @@ from datasets.layout import TOY_CLASSES
 from datasets.toy import make_toy
 from datasets.classification import build_dataset
 from helpers import WritesMarker
+from engine.run_folder import RunFolder
 from models import build_arch
 from models.weights import load_network
 from wsss.cam import cam_dict, label_classes
@@ -83,7 +84,7 @@ def toy_items(work):
 
 
 def exp(work, *parts):
-    return os.path.join(str(work), "experiment", "run", *parts)
+    return RunFolder("run", work).path(*parts)
 
 
 def infer(work, *args):
@@ -238,8 +239,8 @@ def test_checkpoint_that_runs_code_is_refused(work):
 
 def test_missing_checkpoint_is_a_clean_error(work):
     proc = run_script("infer_PCSS.py", "--name", "run", "--load_epo", "5", *DATA, cwd=work)
-    assert_clean_error(proc, "checkpoint not found: experiment/run/ckpt/005net_trm.pth "
-                             "(no epoch checkpoints saved)")
+    assert_clean_error(proc, f"checkpoint not found: {RunFolder('run').epoch_checkpoint(5)} "
+                             f"(no epoch checkpoints saved)")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -255,7 +256,7 @@ def test_infer_input_errors(work, args, message):
                       *DATA, *args, cwd=work)
     assert_clean_error(proc, message)
     assert proc.returncode == 2
-    assert not os.path.isdir(work / "experiment" / "errors" / "dict")
+    assert not os.path.isdir(RunFolder("errors", work).dict_dir)
 
 
 def test_wrong_architecture_names_the_keys(work):
@@ -269,12 +270,13 @@ def test_evaluation_errors_are_clear(inferred):
     (work / "empty_gt").mkdir(exist_ok=True)
     with open(work / "plus_one.txt", "w") as f:
         f.write("\n".join(toy_items(work).ids + ["toy_99999"]) + "\n")
+    run = RunFolder("run")
     cases = [
-        (["--name", "nothing"], "predictions not found: experiment/nothing/dict"),
+        (["--name", "nothing"], f"predictions not found: {RunFolder('nothing').dict_dir}"),
         (["--name", "run", "--task", "crf"], "--task crf needs --dict_dir"),
         (["--name", "run", "--list", "nope.txt"], "list file not found: nope.txt"),
-        (["--name", "run", "--list", "plus_one.txt"], "1 CAM dicts in experiment/run/dict "
-                                                      "missing: experiment/run/dict/toy_99999.npy"),
+        (["--name", "run", "--list", "plus_one.txt"],
+         f"1 CAM dicts in {run.dict_dir} missing: {run.dict_dir}/toy_99999.npy"),
         (["--name", "run", "--gt_dir", "empty_gt"], "6 ground-truth PNGs in empty_gt missing"),
         (["--name", "run", "--num_classes", "3"], "the ground truth has class 4 but there are "
                                                   "3 classes with background"),
@@ -292,11 +294,11 @@ def test_folder_flags_resolve_in_the_run_first(evaluated):
                       "--json", "dict.json", *THRESHOLDS, *EVAL, cwd=work)
     assert proc.returncode == 0, proc.stderr
     named = json.loads((work / "dict.json").read_text())
-    assert named["dict_dir"] == os.path.join("experiment", "run", "dict")
+    assert named["dict_dir"] == RunFolder("run").dict_dir
     assert named["best_miou"] == default["best_miou"]
     proc = run_script("evaluation.py", "--name", "run", "--dict_dir", "nowhere", *EVAL, cwd=work)
-    assert_clean_error(proc, "--dict_dir nowhere is neither experiment/run/nowhere (in the "
-                             "run's folder) nor nowhere (as given)")
+    assert_clean_error(proc, f"--dict_dir nowhere is neither {RunFolder('run').path('nowhere')} "
+                             f"(in the run's folder) nor nowhere (as given)")
 
 
 @pytest.mark.parametrize("task", ["cam", "png"])
@@ -327,12 +329,13 @@ def test_torchrun_splits_the_list_and_matches_one_process(inferred):
                            "--name", "ddp", "--load_pretrained", "w.pth", *DATA],
                           cwd=inferred, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = sorted(p.name for p in (inferred / "experiment" / "run" / "dict").glob("*.npy"))
-    two = sorted(p.name for p in (inferred / "experiment" / "ddp" / "dict").glob("*.npy"))
+    one_dir, two_dir = RunFolder("run", inferred).dict_dir, RunFolder("ddp", inferred).dict_dir
+    one = sorted(p for p in os.listdir(one_dir) if p.endswith(".npy"))
+    two = sorted(p for p in os.listdir(two_dir) if p.endswith(".npy"))
     assert one == two and len(one) == 6
     for name in one:
-        a = load_cam_dict(str(inferred / "experiment" / "run" / "dict" / name))
-        b = load_cam_dict(str(inferred / "experiment" / "ddp" / "dict" / name))
+        a = load_cam_dict(os.path.join(one_dir, name))
+        b = load_cam_dict(os.path.join(two_dir, name))
         assert sorted(a) == sorted(b)
         for k in a:
             np.testing.assert_allclose(a[k], b[k], atol=1e-6)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.pipeline import AMBIGUOUS, read_state, route_flags
+from engine.run_folder import RunFolder
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,7 @@ def voc_folder(root, lists=True):
 def run_name():
     name = f"test_pipeline_{os.getpid()}_{time.time_ns()}"
     yield name
-    shutil.rmtree(os.path.join(ROOT, "experiment", name), ignore_errors=True)
+    shutil.rmtree(RunFolder(name, ROOT).dir, ignore_errors=True)
 
 
 def stage_lines(stdout):
@@ -72,10 +73,10 @@ def test_dry_run_prints_the_stages_commands_in_order(tmp_path, run_name):
         "infer_seg.py", "infer_seg.py"]
     out = proc.stdout
     assert "--load_epo 59 --dict --crf --alphas 1 12" in out
-    assert "--out_rw experiment/%s/rw_train" % run_name in out
+    assert f"--out_rw {RunFolder(run_name).rw_train_dir} " in out
     assert "--use_crf --split test" in out
     assert "GB" in out and "to run: 12 of 12 stages" in out     # estimates
-    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+    assert not os.path.exists(RunFolder(run_name, ROOT).dir)
 
 
 def test_other_backbones_train_and_predict_in_their_own_folders(tmp_path, run_name):
@@ -83,7 +84,7 @@ def test_other_backbones_train_and_predict_in_their_own_folders(tmp_path, run_na
     proc = pipeline("--name", run_name, "--data-path", data, "--dry-run", "--device", "cpu",
                     "--aff.backbone", "resnet50", "--seg.backbone", "deeplabv2_r101")
     assert proc.returncode == 0, proc.stderr
-    assert f"--dict_dir experiment/{run_name}/seg_deeplabv2_r101 " in proc.stdout
+    assert f"--dict_dir {RunFolder(run_name).seg_dir('deeplabv2_r101')} " in proc.stdout
     assert "problem: aff_train: initial weights pretrained/resnet50-0676ba61.pth" in proc.stdout
     assert "problem: seg_train: initial weights pretrained/resnet101-63fe2227.pth" in proc.stdout
 
@@ -106,7 +107,7 @@ def test_missing_deit_weights_stop_the_run_before_any_work(tmp_path, run_name):
     lines = proc.stderr.strip().splitlines()
     assert all(line.startswith("error: ") for line in lines)
     assert len([line for line in lines if DEIT in line]) == 1
-    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+    assert not os.path.exists(RunFolder(run_name, ROOT).dir)
 
 
 def test_bad_data_layout_is_one_line_per_problem(tmp_path, run_name):
@@ -126,7 +127,7 @@ def test_bad_data_layout_is_one_line_per_problem(tmp_path, run_name):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 4 and all("python -m datasets.prepare --data-set VOC12" in line
                                    for line in lines), lines
-    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+    assert not os.path.exists(RunFolder(run_name, ROOT).dir)
 
 
 def test_too_little_disk_is_refused(tmp_path, run_name):
@@ -137,7 +138,7 @@ def test_too_little_disk_is_refused(tmp_path, run_name):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: not enough free disk: the stages to run write ~")
     assert "1 MB are free" in proc.stderr and "--until STAGE" in proc.stderr
-    assert not os.path.exists(os.path.join(ROOT, "experiment", run_name))
+    assert not os.path.exists(RunFolder(run_name, ROOT).dir)
 
 
 def test_flags_reach_the_stages_that_take_them(tmp_path):
@@ -156,6 +157,29 @@ def test_flags_reach_the_stages_that_take_them(tmp_path):
     assert stages["rw"] == ["--amp", "bf16", "--no-compile"]
     assert stages["seeds_eval"] == ["--thresholds", "0.2", "0.5", "0.01"]
     assert "--amp" not in stages["masks_eval"]
+
+
+def test_reference_flag_names_route_beside_the_internal_ones(tmp_path, run_name):
+    """Flags reach the stages by any of their names (--max_epoches / --epochs, ...), and the
+    plan reads them under the one internal name."""
+    proc = pipeline("--name", "x", "--print-args", "--aff_train.max_epoches", "3",
+                    "--seg_train.epochs", "2", "--wt_dec", "1e-4", "--seeds.infer_list", "l.txt")
+    assert proc.returncode == 0, proc.stderr
+    stages = json.loads(proc.stdout)["stages"]
+    assert stages["aff_train"] == ["--max_epoches", "3", "--wt_dec", "1e-4"]
+    assert stages["seg_train"] == ["--epochs", "2", "--wt_dec", "1e-4"]
+    assert stages["seeds"] == ["--infer_list", "l.txt"]
+    data = voc_folder(tmp_path / "VOC2012")
+    slow = pipeline("--name", run_name, "--data-path", data, "--dry-run", "--device", "cpu",
+                    "--aff_train.max_epoches", "50", "--seg_train.num_epochs", "300")
+    fast = pipeline("--name", run_name, "--data-path", data, "--dry-run", "--device", "cpu",
+                    "--aff_train.epochs", "1", "--seg_train.epochs", "1")
+    assert slow.returncode == fast.returncode == 0, slow.stderr + fast.stderr
+
+    def estimate(out, stage):
+        return next(line for line in out.splitlines() if f". {stage} [" in line)
+    for stage in ("aff_train", "seg_train"):
+        assert estimate(slow.stdout, stage) != estimate(fast.stdout, stage)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -200,7 +224,7 @@ FIGURES = ("miou", "threshold", "untrained_miou", "mask_miou", "seg_miou", "clas
 
 
 def summary(name):
-    with open(os.path.join(ROOT, "experiment", name, "summary.json")) as f:
+    with open(RunFolder(name, ROOT).summary) as f:
         return json.load(f)
 
 
@@ -210,11 +234,11 @@ def run_and_kill(name, stage, ready):
     proc = subprocess.Popen([sys.executable, "pipeline.py", "--name", name, *SMALL], cwd=ROOT,
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    exp = os.path.join(ROOT, "experiment", name)
+    run = RunFolder(name, ROOT)
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
-            rec = read_state(exp)["stages"].get(stage, {})
+            rec = read_state(run)["stages"].get(stage, {})
             if rec.get("state") == "started" and ready():
                 break
             time.sleep(0.2)
@@ -222,12 +246,12 @@ def run_and_kill(name, stage, ready):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert read_state(exp)["stages"][stage]["state"] == "started"
+    assert read_state(run)["stages"][stage]["state"] == "started"
 
 
 @pytest.mark.slow
 def test_killed_runs_finish_with_the_uninterrupted_figures_and_reruns_skip(run_name):
-    exp = os.path.join(ROOT, "experiment", run_name)
+    run = RunFolder(run_name, ROOT)
     ref = run_name + "_ref"
     try:
         proc = pipeline("--name", ref, *SMALL)
@@ -235,9 +259,9 @@ def test_killed_runs_finish_with_the_uninterrupted_figures_and_reruns_skip(run_n
         expected = summary(ref)
         # killed half-way through a training stage (after its first epoch's checkpoint) ...
         run_and_kill(run_name, "aff_train",
-                     lambda: os.path.isfile(os.path.join(exp, "aff", "last.pth")))
+                     lambda: os.path.isfile(run.last_checkpoint("affinity")))
         # ... then half-way through an inference stage
-        rw = os.path.join(exp, "rw")
+        rw = run.rw_dir
         run_and_kill(run_name, "rw", lambda: os.path.isdir(rw) and len(os.listdir(rw)) > 10)
         done_before = len(os.listdir(rw)) - 1                   # the manifest aside
         proc = pipeline("--name", run_name, *SMALL)
@@ -261,7 +285,7 @@ def test_killed_runs_finish_with_the_uninterrupted_figures_and_reruns_skip(run_n
         assert actions["seg_train"] == actions["seg_val"] == actions["figure"] == "[redo]"
         assert "--overwrite" in proc.stdout.split("seg_val [redo]")[1].splitlines()[1]
     finally:
-        shutil.rmtree(os.path.join(ROOT, "experiment", ref), ignore_errors=True)
+        shutil.rmtree(RunFolder(ref, ROOT).dir, ignore_errors=True)
 
 
 def test_decide_skips_resumes_and_redoes(tmp_path, monkeypatch):

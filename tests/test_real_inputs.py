@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from datasets.toy import make_toy
+from engine.run_folder import RunFolder
 from models import build_arch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def test_validation_does_not_leave_seeds_for_inference(work):
     validation's seeds for its own and skip every image."""
     proc = train(work, "stale")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    exp = work / "experiment" / "stale"
+    exp = work / RunFolder("stale", work).dir
     assert len(list((exp / "val_dict").glob("*.npy"))) == 4 and not (exp / "dict").exists()
     manifest = json.loads((exp / "val_dict" / "manifest.json").read_text())
     assert manifest["weights"]["path"].endswith("000net_trm.pth")
@@ -55,7 +56,7 @@ def test_validation_does_not_leave_seeds_for_inference(work):
 
 
 def test_a_folder_never_mixes_two_weight_files(work):
-    dict_dir = work / "experiment" / "two" / "dict"
+    dict_dir = work / RunFolder("two", work).dict_dir
     proc = run("infer_PCSS.py", "--name", "two", "--load_pretrained", "A.pth", *DATA, cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     before = {p.name: p.stat().st_mtime_ns for p in dict_dir.glob("*.npy")}
@@ -75,12 +76,12 @@ def test_a_folder_never_mixes_two_weight_files(work):
                  "--thresholds", "0.3", "0.8", "0.05", cwd=work)
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert f"predictions made by {work / 'B.pth'}" in scored.stdout
-    assert json.loads((work / "experiment/two/eval_cam.json").read_text())["made_by"].startswith(
-        str(work / "B.pth"))
+    with open(RunFolder("two", work).eval_json("cam")) as f:
+        assert json.load(f)["made_by"].startswith(str(work / "B.pth"))
 
 
 def test_outputs_of_unknown_origin_are_not_mixed_in(work):
-    d = work / "experiment" / "foreign" / "dict"
+    d = work / RunFolder("foreign", work).dict_dir
     d.mkdir(parents=True)
     (d / "toy_00016.npy").write_bytes(b"made elsewhere")
     proc = run("infer_PCSS.py", "--name", "foreign", "--load_pretrained", "A.pth", *DATA,
@@ -107,7 +108,7 @@ def test_corrupt_image_during_training_is_a_clean_message(work, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"\nerror: cannot read image toy/JPEGImages/{bad.name}" in proc.stderr
     assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr
-    assert not (tmp_path / "experiment" / "corrupt" / "ckpt").exists()
+    assert not os.path.exists(RunFolder("corrupt", tmp_path).ckpt_dir)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -118,7 +119,7 @@ def test_training_arguments_that_cannot_work(work, args, message):
     proc = run("train_PCSS.py", "--name", "bad_args", "--finetune", "none", *DATA, *args,
                cwd=work)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert not (work / "experiment" / "bad_args" / "ckpt").exists()
+    assert not os.path.exists(RunFolder("bad_args", work).ckpt_dir)
 
 
 def test_diverged_training_has_its_own_exit_code(work):
@@ -137,7 +138,7 @@ def test_torchrun_manifest_and_outputs(work):
            "A.pth", "--png", "--threshold", "0.5", *DATA]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    png = work / "experiment" / "ranks" / "png"
+    png = work / RunFolder("ranks", work).seed_folder("png")
     assert len(list(png.glob("*.png"))) == 4
     assert json.loads((png / "manifest.json").read_text())["settings"]["threshold"] == 0.5
     with Image.open(next(png.glob("*.png"))) as im:

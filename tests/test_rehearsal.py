@@ -42,11 +42,15 @@ def test_rehearsal_runs_the_readme_commands(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "README commands ran as printed" in out and "peak MB" in out
-    exp = tmp_path / "work" / "experiment"
-    assert (exp / "pcss_release" / "eval_cam.json").is_file()       # the authors' commands
-    assert (exp / "pcss_voc" / "results.tar.gz").is_file()           # the test-server archive
-    assert (exp / "pcss_voc" / "segnet" / "seg_net.pth").is_file()
-    log = (exp / "pcss_voc" / "train.log").read_text()
+    from engine.run_folder import RunFolder
+
+    release, voc = RunFolder("pcss_release", tmp_path / "work"), RunFolder("pcss_voc",
+                                                                             tmp_path / "work")
+    assert os.path.isfile(release.eval_json("cam"))                # the authors' commands
+    assert os.path.isfile(voc.results_archive())                   # the test-server archive
+    assert os.path.isfile(voc.trained_weights("segmentation"))
+    with open(voc.path("train.log")) as f:
+        log = f.read()
     assert "  finetune: pretrained/deit_small_patch16_224-cd65a155.pth" in log
 
 

@@ -16,6 +16,7 @@ from datasets.layout import TOY_CLASSES
 from datasets.synthetic import GEOMETRY, synthetic_probs, synthetic_scene
 from datasets.toy import make_toy
 from engine.pool import WorkPool
+from engine.run_folder import RunFolder
 from engine.segment import LabelPngWriter, SegFinish, predict, present_classes
 from helpers import WritesMarker
 from models import build_arch
@@ -202,7 +203,7 @@ def work(tmp_path_factory):
 
 
 def outputs(work, name):
-    root = work / "experiment" / name
+    root = work / RunFolder(name, work).dir
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "manifest.json"}
 
@@ -228,7 +229,7 @@ def test_crf_workers_write_the_same_bytes_and_dicts_are_reused(work):
     for k, v in inline.items():
         if k.startswith("crf/"):
             npy = k[:-4] + ".npy"
-            back, ref = load_score_dict(str(work / "experiment" / "pool" / npy)), None
+            back, ref = load_score_dict(RunFolder("pool", work).path(npy)), None
             ref = decode_score_dict(v)
             assert max(np.abs(back[c] - ref[c]).max() for c in ref) <= 1e-4
             assert npy in psa and k not in psa            # --overwrite replaced the format
@@ -238,10 +239,10 @@ def test_crf_workers_write_the_same_bytes_and_dicts_are_reused(work):
     proc = run_script("infer_PCSS.py", "--name", "compact", *DATA, "--dict", "--dict_format",
                       "compact", cwd=work)
     assert proc.returncode == 0, proc.stderr
-    names = os.listdir(work / "experiment" / "compact" / "dict")
+    names = os.listdir(RunFolder("compact", work).dict_dir)
     assert {os.path.splitext(n)[1] for n in names} == {".sdz", ".json"}
     ids = [k[len("dict/"):-4] for k in inline if k.startswith("dict/")]
-    scores = [cam_miou(str(work / "experiment" / n / "dict"), str(work / "data" /
+    scores = [cam_miou(RunFolder(n, work).dict_dir, str(work / "data" /
                        "SegmentationClass"), ids, len(TOY_CLASSES) + 1,
                        np.arange(0.0, 1.0, 0.01))[0] for n in ("inline", "compact")]
     np.testing.assert_array_equal(*scores)

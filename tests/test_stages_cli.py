@@ -25,6 +25,7 @@ from PIL import Image
 
 from datasets.layout import TOY_CLASSES, layout
 from datasets.toy import make_toy, toy_sample
+from engine.run_folder import RunFolder
 from datasets.classification import load_image
 from utils.checkpoint import load_training_state
 from wsss.crf import crf_available
@@ -59,6 +60,13 @@ def run_script(script, *args, cwd, torchrun=False, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def parsed_args(script, args, cwd):
+    """The arguments ``script`` parses from ``args`` (its ``--print-args``)."""
+    proc = run_script(script, *args, "--print-args", cwd=cwd)
+    assert_ok(proc)
+    return json.loads(proc.stdout)
+
+
 def assert_ok(proc):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -87,7 +95,7 @@ def synthetic_seeds(gt, num_classes, erode=SEED_ERODE, sigma=SEED_SIGMA):
 
 
 def exp(work, name, *parts):
-    return work.joinpath("experiment", name, *parts)
+    return work.joinpath(RunFolder(name, work).path(*parts))
 
 
 def read_json(path):
@@ -114,21 +122,26 @@ def work(tmp_path_factory):
     the train list in ``dict/`` and their CRF score dicts in ``crf/<alpha>/``."""
     work = tmp_path_factory.mktemp("stages")
     lay = make_toy(str(work / "data"), NUM_IMAGES, seed=0)
-    for sub in ("dict",) + tuple(os.path.join("crf", a) for a in ALPHAS):
-        os.makedirs(exp(work, "run", sub))
+    run = RunFolder("run", work)
+    for sub in [run.dict_dir] + [run.crf_dir(float(a)) for a in ALPHAS]:
+        os.makedirs(sub)
     for i in read_id_list(lay.train_list):
         cams = synthetic_seeds(read_label_png(lay.gt_path(i)), len(TOY_CLASSES))
-        save_cam_dict(str(exp(work, "run", "dict", i + ".npy")), cams)
+        save_cam_dict(os.path.join(run.dict_dir, i + ".npy"), cams)
         rgb = np.asarray(load_image(lay.image_path(i)))
         for a in ALPHAS:
-            save_cam_dict(str(exp(work, "run", "crf", a, i + ".npy")),
+            save_cam_dict(os.path.join(run.crf_dir(float(a)), i + ".npy"),
                           crf_score_dict(rgb, cams, float(a)))
     return work
 
 
 # the CRF score dicts of run "run", relative to the working directory
-CRF_DIRS = ["--la_crf_dir", os.path.join("experiment", "run", "crf", ALPHAS[0]),
-            "--ha_crf_dir", os.path.join("experiment", "run", "crf", ALPHAS[1])]
+CRF_DIRS = ["--la_crf_dir", RunFolder("run").crf_dir(float(ALPHAS[0])),
+            "--ha_crf_dir", RunFolder("run").crf_dir(float(ALPHAS[1]))]
+AFF_ARGS = ["--name", "run", "--crop_size", "96", "--batch_size", "16", "--max_epoches",
+            str(AFF_EPOCHS), "--lr", "0.05", "--momentum", "0.9", *CRF_DIRS, "--no-tensorboard",
+            *NET]
+SEG_ARGS = ["--name", "run", "--crop_size", "96", "--num_epochs", "1", "--no-tensorboard", *NET]
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +151,11 @@ def refined(work):
     ``infer_aff.py`` process."""
     assert_ok(run_script("evaluation.py", "--name", "run", "--task", "cam", "--list", "train",
                          *EVAL, cwd=work))
-    assert_ok(run_script("train_aff.py", "--name", "run", "--crop_size", "96", "--batch_size",
-                         "16", "--max_epoches", str(AFF_EPOCHS), "--lr", "0.05",
-                         "--momentum", "0.9", *CRF_DIRS, "--no-tensorboard", *NET, cwd=work))
+    assert_ok(run_script("train_aff.py", *AFF_ARGS, cwd=work))
     walk = run_script("infer_aff.py", "--name", "run", *NET, cwd=work)
     assert_ok(walk)
     assert_ok(run_script("evaluation.py", "--name", "run", "--task", "png", "--dict_dir",
-                         os.path.join("experiment", "run", "rw"), "--list", "train", *EVAL,
+                         RunFolder("run").rw_dir, "--list", "train", *EVAL,
                          cwd=work))
     return {"seeds": read_json(exp(work, "run", "eval_cam.json")),
             "masks": read_json(exp(work, "run", "eval_png.json")), "walk": walk}
@@ -153,8 +164,7 @@ def refined(work):
 @pytest.fixture(scope="module")
 def segmented(refined, work):
     """``train_seg.py`` (1 epoch) on the pseudo masks, ``infer_seg.py`` on the val list."""
-    assert_ok(run_script("train_seg.py", "--name", "run", "--crop_size", "96", "--num_epochs",
-                         "1", "--no-tensorboard", *NET, cwd=work))
+    assert_ok(run_script("train_seg.py", *SEG_ARGS, cwd=work))
     proc = run_script("infer_seg.py", "--name", "run", *NET, cwd=work)
     assert_ok(proc)
     return proc
@@ -174,7 +184,14 @@ def test_refinement_improves_the_seeds(work, refined):
     log = log_lines(aff)
     assert [entry["epoch"] for entry in log] == list(range(AFF_EPOCHS))
     assert all(np.isfinite(entry["loss_total"]) for entry in log)
-    assert load_training_state(str(aff / "last.pth"))["epoch"] == AFF_EPOCHS - 1
+    state = load_training_state(str(aff / "last.pth"))
+    assert state["epoch"] == AFF_EPOCHS - 1
+    # last.pth holds the arguments as parsed: the defaults the script resolved (the toy
+    # backbone, the recipe) stay unset there and go to the log instead
+    assert state["args"] == parsed_args("train_aff.py", AFF_ARGS, work)
+    assert state["args"]["backbone"] is None
+    logged = (aff / "train.log").read_text()
+    assert "  backbone: toy\n" in logged and f"  epochs: {AFF_EPOCHS}\n" in logged
     # the walk: the default (train) list, the run's best seed threshold as background, a
     # mask per id, a manifest naming the AffinityNet
     assert f"background threshold {seeds['best_threshold']:.2f}" in refined["walk"].stdout
@@ -191,7 +208,10 @@ def test_segmentation_trains_on_the_masks_and_predicts_val(work, segmented):
     val_ids = read_id_list(lay.seg_val_list)
     segnet = exp(work, "run", "segnet")
     assert [entry["epoch"] for entry in log_lines(segnet)] == [0]
-    assert "pseudo masks of experiment/run/rw" in (segnet / "train.log").read_text()
+    assert f"pseudo masks of {RunFolder('run').rw_dir}" in (segnet / "train.log").read_text()
+    args = load_training_state(str(segnet / "last.pth"))["args"]
+    assert args == parsed_args("train_seg.py", SEG_ARGS, work)
+    assert args["backbone"] is None and args["lr"] is None and args["batch_size"] is None
     seg = exp(work, "run", "seg")
     assert pngs(seg) == sorted(val_ids)
     for i in val_ids:
@@ -245,7 +265,7 @@ def test_test_split_writes_the_server_layout_and_archive(work):
     proc = run_script("infer_seg.py", "--name", "test", "--split", "test", "--weights",
                       "seg21.pth", "--scales", *map(str, scales), *NET, *voc, cwd=work)
     assert_ok(proc)
-    out = exp(work, "test", "results", "VOC2012", "Segmentation", "comp6_test_cls")
+    out = work / RunFolder("test", work).test_dir()
     assert pngs(out) == TEST_IDS
     net = load_segmentation_net("toy", str(work / "seg21.pth"), 21)
     items = WSSSDataset(layout("VOC12", str(data)), TEST_IDS, build_transform("infer"),
@@ -258,7 +278,7 @@ def test_test_split_writes_the_server_layout_and_archive(work):
         want = seg_predict(net, image[None], scales=scales).argmax(0).numpy()
         assert (got == want).mean() > 0.99
         assert len(np.unique(got)) > 1
-    with tarfile.open(exp(work, "test", "results.tar.gz")) as tar:
+    with tarfile.open(RunFolder("test", work).results_archive()) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     prefix = "results/VOC2012/Segmentation/comp6_test_cls/"
     assert sorted(files) == [prefix + i + ".png" for i in TEST_IDS]
@@ -273,7 +293,7 @@ def test_test_split_writes_the_server_layout_and_archive(work):
     assert_ok(run_script("infer_seg.py", "--name", "test2", "--split", "test", "--weights",
                          "seg21.pth", "--scales", "1.0", "--infer_list", str(one), "--out",
                          str(elsewhere), *NET, *voc, cwd=work))
-    with tarfile.open(exp(work, "test2", "results.tar.gz")) as tar:
+    with tarfile.open(RunFolder("test2", work).results_archive()) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
         member = tar.extractfile(prefix + TEST_IDS[0] + ".png").read()
     assert names == [prefix + TEST_IDS[0] + ".png"]

@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from engine.run_folder import RunFolder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_PCSS.py")
 
@@ -39,8 +41,13 @@ def base_args(name, toy, epochs):
             "--device", "cpu"]
 
 
+def run_dir(toy, name):
+    """The run ``name`` in the working directory ``toy``, as a path."""
+    return toy / RunFolder(name, toy).dir
+
+
 def log_lines(toy, name):
-    with open(toy / "experiment" / name / "log.txt") as f:
+    with open(run_dir(toy, name) / "log.txt") as f:
         return [json.loads(l) for l in f]
 
 
@@ -52,7 +59,7 @@ def full_run(toy):
 
 
 def test_four_epochs_write_checkpoints_and_log(toy, full_run):
-    ckpt = toy / "experiment" / "full" / "ckpt"
+    ckpt = run_dir(toy, "full") / "ckpt"
     for e in range(4):
         sd = torch.load(ckpt / f"{e:03d}net_trm.pth", weights_only=True)
         assert "head.weight" in sd and sd["cls_token"].shape[1] == 4
@@ -65,10 +72,16 @@ def test_four_epochs_write_checkpoints_and_log(toy, full_run):
     assert full_run[3]["loss_cam_fss"] > 0
     assert ["miou" in l for l in full_run] == [False, False, False, True]
     assert 0 <= full_run[3]["miou"] <= 100 and 0.3 <= full_run[3]["threshold"] < 0.6
-    assert (toy / "experiment" / "full" / "fim" / "masks_epoch002.png").is_file()
-    assert list((toy / "experiment" / "full" / "tb").glob("events.out.tfevents*"))
-    text = (toy / "experiment" / "full" / "train.log").read_text()
+    assert os.path.isfile(RunFolder("full", toy).fim_masks(2))
+    assert list((run_dir(toy, "full") / "tb").glob("events.out.tfevents*"))
+    text = (run_dir(toy, "full") / "train.log").read_text()
     assert "git revision" in text and "mpc_keep_ratio" in text
+    # last.pth holds the arguments as parsed; the defaults resolved from other flags (the
+    # toy set's input size, the toy depth's MPC block) are in the log only
+    args = torch.load(RunFolder("full", toy).last_checkpoint("seeds"), weights_only=True)["args"]
+    assert args["input_size"] is None and args["mpc_block"] is None
+    assert args["epochs"] == 4 and args["name"] == "full"
+    assert "  input_size: 96\n" in text and "  mpc_block: 2\n" in text
 
 
 def test_resume_gives_the_same_log(toy, full_run):
@@ -85,12 +98,12 @@ def test_resume_gives_the_same_log(toy, full_run):
 
 
 def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
-    ckpt = toy / "experiment" / "full" / "ckpt"
+    ckpt = run_dir(toy, "full") / "ckpt"
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
     res = run(base_args("full", toy, 1), toy)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "--resume" in res.stderr and "--overwrite" in res.stderr
-    assert "experiment/full/ckpt/last.pth" in res.stderr
+    assert RunFolder("full").last_checkpoint("seeds") in res.stderr
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before     # unchanged
     assert len(log_lines(toy, "full")) == 4
     res = run(base_args("over", toy, 2), toy)
@@ -98,9 +111,9 @@ def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
     res = run(base_args("over", toy, 1) + ["--overwrite"], toy)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [l["epoch"] for l in log_lines(toy, "over")] == [0]           # started over
-    assert sorted(p.name for p in (toy / "experiment" / "over" / "ckpt").iterdir()) == [
+    assert sorted(os.listdir(RunFolder("over", toy).ckpt_dir)) == [
         "000net_trm.pth", "last.pth"]
-    text = (toy / "experiment" / "over" / "train.log").read_text()
+    text = (run_dir(toy, "over") / "train.log").read_text()
     assert text.count("arguments:") == 1 and "  finetune: none" in text
 
 
@@ -123,7 +136,7 @@ def test_missing_data_and_weights_fail_fast(tmp_path):
                "--finetune", str(tmp_path / "missing.pth")], tmp_path, timeout=120)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "pretrained weights not found" in res.stderr and "--finetune none" in res.stderr
-    assert not (tmp_path / "experiment").exists()
+    assert not os.path.exists(os.path.dirname(RunFolder("x", tmp_path).dir))
 
 
 def test_toy_pretraining_saves_deit_format_that_init_from_deit_loads(toy):
@@ -134,7 +147,7 @@ def test_toy_pretraining_saves_deit_format_that_init_from_deit_loads(toy):
                           env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    path = str(toy / "experiment" / "pt" / "pretrain" / "deit_toy.pth")
+    path = RunFolder("pt", toy).pretrained("toy")
     state = torch.load(path, weights_only=True)["model"]
     assert state["cls_token"].shape == (1, 1, 128) and state["pos_embed"].shape == (1, 37, 128)
     net = build_arch("toy", 4, 96)

@@ -178,6 +178,15 @@ def launch_script(run: Callable, parser: argparse.ArgumentParser,
     return launch(run, args, args.device)
 
 
+def with_defaults(args: argparse.Namespace, **defaults) -> argparse.Namespace:
+    """A copy of ``args`` in which each flag of ``defaults`` that was not given (``None``)
+    takes its default there: the values that depend on other flags (a recipe, the
+    backbone of the data set). ``args`` stays as parsed, which is what ``last.pth`` stores;
+    the training log lists the resolved values beside it."""
+    resolved = {k: v for k, v in defaults.items() if getattr(args, k) is None}
+    return argparse.Namespace(**{**vars(args), **resolved})
+
+
 def positive_float(text: str) -> float:
     """argparse type of a number that must be > 0 (image scales)."""
     value = float(text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 
 class UserError(Exception):
@@ -37,28 +37,6 @@ def require_folder(path: str, what: str, how: str, flag: str) -> None:
     absent: ``how`` to write it (a command), or the ``flag`` that names another folder."""
     if not os.path.isdir(path):
         raise UserError(f"{what} not found: {path}. Write them with {how}, or pass {flag}.")
-
-
-def resolve_run_folder(exp_dir: str, value: Optional[str], default: str, flag: str, what: str,
-                       how: str, must_exist: bool = True) -> str:
-    """A folder flag that names one of a run's outputs (``--dict_dir``, ``--cam_dir``,
-    ``--out_rw``, ...), resolved the authors' way: ``None`` is the run's ``default``
-    (``<exp_dir>/<default>``); a value is ``<exp_dir>/<value>`` when that folder exists
-    (``--dict_dir dict``, ``crf/1``), else the path as given. An input (``must_exist``) found
-    in neither place is a ``UserError`` naming both (and ``how`` to write it); an output
-    found in neither is the path as given (created by the caller)."""
-    if value is None:
-        path = os.path.join(exp_dir, default)
-        if must_exist:
-            require_folder(path, what, how, flag)
-        return path
-    inside = os.path.join(exp_dir, value)
-    if os.path.isdir(inside):
-        return inside
-    if os.path.isdir(value) or not must_exist:
-        return value
-    raise UserError(f"{what} not found: {flag} {value} is neither {inside} (in the run's "
-                    f"folder) nor {value} (as given). Write them with {how}, or fix {flag}.")
 
 
 def _original_message(msg: str) -> str:

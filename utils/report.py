@@ -9,32 +9,17 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from utils.errors import UserError, resolve_run_folder
 
 DEFAULT_THRESHOLD = 0.45       # background score when no evaluation has been run yet
-PREDICTION_DIRS = {"cam": "dict", "png": "png"}
 
 
-def best_threshold(exp_dir: str, default: float = DEFAULT_THRESHOLD) -> float:
-    """The best CAM threshold of the last ``evaluation.py --task cam`` of the run
-    (``<exp_dir>/eval_cam.json``), else ``default``."""
-    path = os.path.join(exp_dir, "eval_cam.json")
+def best_threshold(path: str, default: float = DEFAULT_THRESHOLD) -> float:
+    """The best CAM threshold of the last ``evaluation.py --task cam`` of a run (its
+    ``eval_cam.json``, ``path``), else ``default``."""
     if not os.path.isfile(path):
         return default
     with open(path) as f:
         return float(json.load(f)["best_threshold"])
-
-
-def prediction_dir(task: str, dict_dir: str, exp_dir: str) -> str:
-    """The folder to score: ``dict_dir`` when given (in the run's folder ``exp_dir`` when
-    there, else as given: ``utils.errors.resolve_run_folder``), else the run's folder for
-    ``task``."""
-    if dict_dir is None and task not in PREDICTION_DIRS:
-        raise UserError(f"--task {task} needs --dict_dir, e.g. crf/1 (the run's "
-                        f"{os.path.join(exp_dir, 'crf', '1')})")
-    return resolve_run_folder(exp_dir, dict_dir, PREDICTION_DIRS.get(task, ""), "--dict_dir",
-                              "predictions", "infer_PCSS.py, infer_aff.py or infer_seg.py for "
-                              "this run")
 
 
 def class_names(classes: Sequence[str], num_classes: int) -> List[str]:
