@@ -328,9 +328,124 @@ def run_pool(workers, images_per_worker, device_name):
     return {"device": name, "cores": os.cpu_count(), **rows}
 
 
+# ----------------------------------------------------------------------------- CRF workers
+_RUSAGE = ("import atexit, json, resource, runpy, sys\n"
+           "def _cpu(who):\n"
+           "    r = resource.getrusage(who)\n"
+           "    return r.ru_utime + r.ru_stime\n"
+           "atexit.register(lambda: sys.stderr.write('BENCH_CPU ' + json.dumps(["
+           "_cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)]) + '\\n'))\n"
+           "sys.argv = [{script!r}] + {args!r}\n"
+           "sys.path.insert(0, {root!r})\n"
+           "runpy.run_path({script!r}, run_name='__main__')\n")
+
+
+def _speed_data(folder: str, n: int, geo: str = "VOC") -> None:
+    """A TOY-layout set of n synthetic images at ``geo`` size (2 of the 4 toy classes each)
+    and randomly initialised toy-network weights ``folder/w.pth``."""
+    import torch
+    from PIL import Image
+
+    from datasets.labels import save_label_dict, write_id_list
+    from datasets.layout import TOY_CLASSES, layout
+    from models import build_arch
+    H, W = GEOMETRY[geo]
+    os.makedirs(os.path.join(folder, "data", "JPEGImages"))
+    lay = layout("TOY", os.path.join(folder, "data"))
+    ids, labels = [f"img{i:03d}" for i in range(n)], {}
+    for i, image_id in enumerate(ids):
+        rgb, _ = synthetic_scene(H, W, 2, seed=i)
+        Image.fromarray(rgb).save(lay.image_path(image_id), quality=90)
+        y = np.zeros(len(TOY_CLASSES), np.float32)
+        y[[i % 4, (i + 1) % 4]] = 1
+        labels[image_id] = y
+    write_id_list(lay.train_list, ids)
+    write_id_list(lay.val_list, ids)         # the TOY inference list
+    save_label_dict(lay.label_file, labels)
+    torch.manual_seed(0)
+    torch.save(build_arch("toy", len(TOY_CLASSES), img_size=96, drop_path_rate=0.0)
+               .state_dict(), os.path.join(folder, "w.pth"))
+
+
+def _infer_run(folder: str, name: str, flags) -> dict:
+    """``infer_PCSS.py`` in ``folder`` (a fresh process): wall seconds, CPU seconds
+    (user + sys) of the main process and of its children (loader and CRF workers)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "infer_PCSS.py")
+    args = ["--name", name, "--data-set", "TOY", "--data-path", "data", "--arch", "toy",
+            "--device", "cpu", "--load_pretrained", "w.pth", *flags]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _RUSAGE.format(script=script, args=args, root=root)],
+                          cwd=folder, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"infer_PCSS.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("BENCH_CPU "))
+    main_cpu, children_cpu = json.loads(line[len("BENCH_CPU "):])
+    return {"wall_s": wall, "main_cpu_s": main_cpu, "children_cpu_s": children_cpu}
+
+
+def _tree(folder: str) -> dict:
+    root = os.path.join(folder)
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f != "manifest.json":
+                path = os.path.join(dirpath, f)
+                with open(path, "rb") as fh:
+                    out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def run_speed(images: int, rounds: int, flags) -> dict:
+    """``infer_PCSS.py --crf --alphas 1 12`` on ``images`` synthetic VOC-size images with
+    the toy network, ``--crf_workers`` 1 and 2 alternately (``rounds`` times each): wall and
+    CPU seconds per image, the wall ratio, the same outputs, and the ratio 2 cores would
+    give from the CPU work alone (the slower of: all CPU work over 2 cores, or the busiest
+    process)."""
+    from wsss.crf import crf_available
+    if not crf_available():
+        raise SystemExit("speed mode needs pydensecrf2")
+    rows = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as d:
+        _speed_data(d, images)
+        trees = {}
+        for r in range(rounds):
+            for n in (1, 2):
+                name = f"w{n}_{r}"
+                res = _infer_run(d, name, ["--crf", "--alphas", "1", "12",
+                                           "--crf_workers", str(n), *flags])
+                rows[n].append(res)
+                trees[n] = _tree(os.path.join(d, "experiment", name))
+                print(f"--crf_workers {n}: wall {res['wall_s']:.2f} s, CPU main "
+                      f"{res['main_cpu_s']:.2f} s + children {res['children_cpu_s']:.2f} s",
+                      flush=True)
+        same = trees[1] == trees[2] and len(trees[1]) == 2 * images
+    med = {n: {k: float(np.median([x[k] for x in v])) / images for k in v[0]}
+           for n, v in rows.items()}
+    one, two = med[1], med[2]
+    cpu = two["main_cpu_s"] + two["children_cpu_s"]
+    projected = (one["main_cpu_s"] + one["children_cpu_s"]) / max(
+        cpu / 2, two["children_cpu_s"] / 2, two["main_cpu_s"])
+    out = {"images": images, "rounds": rounds, "flags": list(flags), "same_outputs": same,
+           "per_image": {f"workers_{n}": v for n, v in med.items()},
+           "wall_ratio": one["wall_s"] / two["wall_s"], "projected_2core_ratio": projected}
+    print(f"\n{images} VOC-size images, --arch toy, --crf --alphas 1 12 "
+          f"{' '.join(flags)}; medians of {rounds} rounds, per image:\n\n"
+          "| --crf_workers | wall s | CPU s main | CPU s children (loader + CRF) |\n"
+          "|---|---|---|---|")
+    for n, v in med.items():
+        print(f"| {n} | {v['wall_s']:.3f} | {v['main_cpu_s']:.3f} | {v['children_cpu_s']:.3f} |")
+    print(f"\nwall ratio 1 / 2 workers: {out['wall_ratio']:.2f}x; projected on 2 idle cores "
+          f"from the CPU work: {projected:.2f}x; same outputs: {same}")
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("cpu", "pool"))
+    ap.add_argument("mode", choices=("cpu", "pool", "speed"))
     ap.add_argument("--out", required=True, help="folder for bench_scale_<mode>.json")
     ap.add_argument("--geos", nargs="+", choices=tuple(GEOMETRY), default=list(GEOMETRY))
     ap.add_argument("--stages", nargs="+", choices=tuple(CPU_STAGES), default=list(CPU_STAGES))
@@ -338,12 +453,19 @@ def main(argv=None) -> None:
     ap.add_argument("--images_per_worker", type=int, default=8,
                     help="pool mode: images timed per worker (at least 4 in all)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--images", type=int, default=24, help="speed mode: images per run")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="speed mode: runs per worker count (alternating; medians)")
+    ap.add_argument("--flags", nargs=argparse.REMAINDER, default=[],
+                    help="speed mode: further infer_PCSS.py flags (last on the line)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "cpu":
         res = run_cpu(args.stages, args.geos)
-    else:
+    elif args.mode == "pool":
         res = run_pool(args.workers, args.images_per_worker, args.device)
+    else:
+        res = run_speed(args.images, args.rounds, args.flags)
     path = os.path.join(args.out, f"bench_scale_{args.mode}.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
