@@ -1,8 +1,9 @@
 """What the stages cost at real scale: VOC (500 x 375) and COCO (640 x 480) geometry,
 synthetic images (``datasets.synthetic``), the real backbones randomly initialised.
 
-    python -m bench.bench_scale cpu  --out DIR     # every stage on this CPU (a few minutes)
-    python -m bench.bench_scale pool --out DIR     # seed stage: CRF pool throughput (a GPU box)
+    python -m bench.bench_scale cpu   --out DIR    # every stage on this CPU (a few minutes)
+    python -m bench.bench_scale pool  --out DIR    # seed stage: CRF pool throughput (a GPU box)
+    python -m bench.bench_scale speed --out DIR    # infer_PCSS --crf, 1 vs 2 CRF workers
 
 ``cpu`` times, per geometry: DeiT-S CAMs (``cam_dict``) per image; PSA's CRF of the seeds
 (alphas 1 and 12) per image; the seed stage with CRF as ``infer_PCSS.py --crf`` runs it
@@ -19,7 +20,14 @@ DeiT-S CAMs of a few dozen synthetic images, CRF dicts for alphas 1 and 12 (comp
 long the main process (the network) waited on a full queue; the network alone gives the rate
 the CRF would have to keep up with. About 3 minutes on a 16-core GPU machine.
 
-Both print a table and write ``bench_scale_<mode>.json`` to ``--out``.
+``speed`` runs ``infer_PCSS.py --crf --alphas 1 12`` as users do (a fresh process each time)
+on ``--images`` synthetic VOC-size images with the toy network (cheap beside the CRF), with
+``--crf_workers`` 1 and 2, and prints the wall times, the CPU seconds of the main process and
+of its children per image, the start-up, whether both write the same bytes, and the wall
+ratio measured and projected for 2 idle cores (``run_speed``). About 3 minutes for 48
+images on 2 cores; ``--flags`` passes more options to the script (e.g. ``--num_workers 0``).
+
+Each prints a table and writes ``bench_scale_<mode>.json`` to ``--out``.
 """
 from __future__ import annotations
 
