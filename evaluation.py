@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 
+from datasets.layout import data_parent
 from utils.args import parse_args, run_parent
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("PCSS evaluation", parents=[run_parent()])
+    p = argparse.ArgumentParser("PCSS evaluation", parents=[run_parent(), data_parent()])
     g = p.add_argument_group("evaluation")
     g.add_argument("--task", choices=("cam", "png", "crf"), default="cam",
                    help="cam: CAM dicts over thresholds; png: label PNGs; crf: PSA score "

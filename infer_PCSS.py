@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import (crf_workers_parent, launch_script, network_parent, overwrite_parent,
-                        positive_float, script_parser)
+from datasets.layout import data_parent
+from models.registry import network_parent
+from utils.args import (crf_workers_parent, launch_script, overwrite_parent, positive_float,
+                        script_parser)
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = script_parser("PCSS CAM inference", network_parent(), overwrite_parent("outputs"),
+    p = script_parser("PCSS CAM inference", data_parent(), network_parent(),
+                      overwrite_parent("outputs"),
                       crf_workers_parent())
     g = p.add_argument_group("weights")
     w = g.add_mutually_exclusive_group(required=True)
@@ -82,13 +85,12 @@ def run(args, device, info) -> None:
 
     from datasets import build_dataset
     from datasets.loader import image_loader
-    from datasets.layout import layout
+    from datasets.layout import default_input_size, layout
     from engine.common import claim_outputs
     from engine.seeds import SeedWriter, generate_seeds, seeds_from_dicts
     from engine.pool import WorkPool, default_workers, limit_torch_threads
     from models import compile_network
     from models.weights import epoch_checkpoint, load_network
-    from utils.args import default_input_size
     from wsss.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError
@@ -142,8 +144,9 @@ def run(args, device, info) -> None:
             n = seeds_from_dicts(dict_dir, todo_ids, pool.submit_to(writer),
                                  progress=info.is_main)
         else:
-            net = load_network(args.arch, lay.num_classes, default_input_size(args), weights,
-                               device, report=print if info.is_main else None)
+            size = default_input_size(args.data_set, args.input_size)
+            net = load_network(args.arch, lay.num_classes, size, weights, device,
+                               report=print if info.is_main else None)
             net = compile_network(net) if args.compile else net
             loader = image_loader(dataset, todo, args.num_workers, device)
             n = generate_seeds(net, loader, device, pool.submit_to(writer), args.amp,

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import launch_script, overwrite_parent, refine_net_parent, script_parser
+from datasets.layout import data_parent
+from models.registry import refine_net_parent
+from utils.args import launch_script, overwrite_parent, script_parser
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = script_parser("Random walk with AffinityNet (PSA / MCTformer)",
+    p = script_parser("Random walk with AffinityNet (PSA / MCTformer)", data_parent(),
                       refine_net_parent("affinity", trained=True), overwrite_parent("masks"))
     g = p.add_argument_group("inputs")
     g.add_argument("--radius", type=int, default=5, help="the AffinityNet's radius")
@@ -59,7 +61,7 @@ def run(args, device, info) -> None:
     from engine.refine import random_walk_masks
     from engine.common import pending_outputs
     from models import compile_network
-    from models.registry import default_backbone, find_trained_weights, load_affinity_net
+    from models.registry import find_trained_weights, load_affinity_net
     from utils.dist import barrier
     from utils.errors import UserError, resolve_run_folder
     from utils.manifest import file_fingerprint, producer, read_manifest
@@ -70,7 +72,7 @@ def run(args, device, info) -> None:
 
     lay = layout(args.data_set, args.data_path)
     exp = os.path.join("experiment", args.name)
-    backbone = args.backbone or default_backbone(args.data_set, "affinity")
+    backbone = args.backbone or lay.dataset.backbone
     weights = find_trained_weights(args.weights, exp, "affinity", backbone)
     cam_dir = resolve_run_folder(exp, args.cam_dir, "dict", "--cam_dir", "seed dicts",
                                  f"`python infer_PCSS.py --name {args.name} --load_epo E "

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 
+from datasets.layout import data_parent
+from models.registry import refine_net_parent
 from utils.args import (crf_workers_parent, launch_script, overwrite_parent, positive_float,
-                        refine_net_parent, script_parser)
+                        script_parser)
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = script_parser("Segmentation inference (multi-scale, CRF)",
+    p = script_parser("Segmentation inference (multi-scale, CRF)", data_parent(),
                       refine_net_parent("segmentation", trained=True),
                       overwrite_parent("predictions"), crf_workers_parent())
     g = p.add_argument_group("inputs")
@@ -57,8 +59,7 @@ def run(args, device, info) -> None:
     from engine.pool import WorkPool, default_workers, limit_torch_threads
     from engine.segment import LabelPngWriter, predict
     from models import compile_network
-    from models.registry import default_backbone, find_trained_weights, load_segmentation_net
-    from utils.choices import backbone_folder
+    from models.registry import backbone_folder, find_trained_weights, load_segmentation_net
     from wsss.crf import crf_available
     from utils.dist import barrier
     from utils.errors import UserError, resolve_run_folder
@@ -69,15 +70,14 @@ def run(args, device, info) -> None:
     if args.use_crf and not crf_available():
         raise UserError("--use_crf needs the dense CRF package: pip install pydensecrf2")
     test = args.split == "test"
-    if test and args.data_set != "VOC12" and args.infer_list is None:
-        raise UserError("--split test is the VOC 2012 test server's; for other datasets "
-                        "pass --infer_list")
     lay = layout(args.data_set, args.data_path)
+    if test and lay.test_list is None and args.infer_list is None:
+        raise UserError(f"--split test is an evaluation server's test split (VOC 2012's); "
+                        f"{args.data_set} has none: for other datasets pass --infer_list")
     exp = os.path.join("experiment", args.name)
-    backbone = args.backbone or default_backbone(args.data_set, "segmentation")
+    backbone = args.backbone or lay.dataset.backbone
     weights = find_trained_weights(args.weights, exp, "segmentation", backbone)
-    list_path = args.infer_list or (os.path.join(lay.root, "ImageSets", "Segmentation",
-                                                 "test.txt") if test else lay.seg_val_list)
+    list_path = args.infer_list or (lay.test_list if test else lay.seg_val_list)
     results = backbone_folder("results", backbone)   # other backbones' outputs kept apart
     out_dir = resolve_run_folder(
         exp, args.out, os.path.join(results, "VOC2012", "Segmentation", "comp6_test_cls")

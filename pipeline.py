@@ -19,10 +19,12 @@ import argparse
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from datasets.layout import DATASETS, TOY_SET
     from engine.pipeline import stage_names
 
+    real = [n for n in DATASETS if not DATASETS[n].synthetic]    # the toy preset makes its own
     stages = {preset: " ".join(n for n, _ in stage_names(ds, preset, test=True))
-              for ds, preset in (("VOC12", "full"), ("TOY", "toy"))}
+              for ds, preset in ((real[0], "full"), (TOY_SET.name, "toy"))}
     p = argparse.ArgumentParser(
         description="the whole pipeline: seeds, pseudo masks, segmentation, report",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
@@ -31,8 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                f"{stages['full']} (COCO: one walk, rw, then masks_eval); the toy preset: "
                f"{stages['toy']}.")
     p.add_argument("--name", required=True, help="run folder experiment/<name>")
-    p.add_argument("--data-set", "--data_set", dest="data_set", default="VOC12",
-                   choices=("VOC12", "COCO"), help="dataset (the toy preset makes its own)")
+    p.add_argument("--data-set", "--data_set", dest="data_set", default=real[0],
+                   choices=real, help="dataset (the toy preset makes its own)")
     p.add_argument("--data-path", "--data_path", dest="data_path", default=None,
                    help="dataset root (default data/VOC2012, data/COCO2014)")
     p.add_argument("--preset", choices=("full", "toy"), default="full",
@@ -66,16 +68,20 @@ def main(argv=None):
     import importlib
     import json
 
+    from datasets.layout import DATASETS, TOY_SET
     from engine.pipeline import program_name, route_flags, run_pipeline, stage_names
 
     from utils.errors import UserError
 
-    args, extra = get_args_parser().parse_known_args(argv)
-    if args.preset == "toy" and (args.data_path or args.data_set != "VOC12"):
+    parser = get_args_parser()
+    args, extra = parser.parse_known_args(argv)
+    other_data = args.data_path or args.data_set != parser.get_default("data_set")
+    if args.preset == "toy" and other_data:
         raise UserError(f"--preset toy makes its own data set in experiment/{args.name}/toy: "
                         f"leave out --data-set and --data-path")
-    data_path = args.data_path or {"VOC12": "data/VOC2012", "COCO": "data/COCO2014"}[args.data_set]
-    stages = stage_names("TOY" if args.preset == "toy" else args.data_set, args.preset, args.test)
+    data_path = args.data_path or DATASETS[args.data_set].default_path
+    stages = stage_names(TOY_SET.name if args.preset == "toy" else args.data_set, args.preset,
+                         args.test)
     parsers = {s: importlib.import_module(program_name(s)).get_args_parser() for _, s in stages}
     if args.print_args:
         routed = route_flags(extra, stages, parsers)

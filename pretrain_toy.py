@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import device_parent, network_parent, parse_args, run_parent
+from datasets.layout import TOY_SET, data_parent
+from models.registry import network_parent
+from utils.args import device_parent, parse_args, run_parent
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[
-        run_parent("TOY", "experiment/demo/toy"), network_parent(), device_parent(amp=False)],
+        run_parent(), data_parent(TOY_SET.name, "experiment/demo/toy"), network_parent(),
+        device_parent(amp=False)],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(arch="toy", num_workers=2)
     p.add_argument("--epochs", type=int, default=10)
@@ -41,17 +44,16 @@ def run(args, device) -> str:
     import torch
 
     from datasets import build_dataset
-    from datasets.layout import layout
+    from datasets.layout import default_input_size, layout
     from datasets.loader import make_loader
     from engine.toy_pretrain import pretrain_one_epoch
     from models import build_arch
     from models.pretrain import ColourDenoiser
-    from utils.args import default_input_size
     from utils.checkpoint import atomic_save
     from utils.runtime import seed_everything
 
     lay = layout(args.data_set, args.data_path)
-    size = default_input_size(args)
+    size = default_input_size(args.data_set, args.input_size)
     ds = build_dataset(args.data_set, args.data_path, args.train_list or lay.train_list,
                        "train", size, augment="light")
     out = args.out or os.path.join("experiment", args.name, "pretrain", f"deit_{args.arch}.pth")

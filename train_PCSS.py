@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import launch_script, network_parent, script_parser, train_parent
+from datasets.layout import data_parent
+from models.registry import network_parent
+from utils.args import launch_script, script_parser, train_parent
 from utils.errors import run_main
 
 
@@ -21,7 +23,7 @@ def get_args_parser(data_set: str = "VOC12", data_path: str = "data/VOC2012",
                     **pcss_defaults) -> argparse.ArgumentParser:
     return script_parser(
         "PCSS training (Phase Concentration and Shortcut Suppression, ECCV 2024)",
-        network_parent(), train_parent(**pcss_defaults), data=(data_set, data_path))
+        data_parent(data_set, data_path), network_parent(), train_parent(**pcss_defaults))
 
 
 def run(args, device, info) -> None:
@@ -31,14 +33,14 @@ def run(args, device, info) -> None:
     from torch.utils.data.distributed import DistributedSampler
 
     from datasets import build_dataset
-    from datasets.layout import layout
+    from datasets.layout import default_input_size, layout
     from datasets.loader import image_loader, make_loader, reseed
     from engine.common import prepare_model
     from engine.seeds import fim_round, train_one_epoch, validate
     from models import ARCHS, build_arch, compile_network, init_from_deit
     from models.weights import deit_weights, freeze_parameters
     from models.pcss import PCSSConfig
-    from utils.args import check_training_length, default_input_size
+    from utils.args import check_training_length
     from utils.checkpoint import atomic_save, claim_run, save_training_state, start_training
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
@@ -56,7 +58,7 @@ def run(args, device, info) -> None:
     train_list = args.train_list or lay.train_list
     val_list = args.val_list or lay.val_list
     finetune = deit_weights(args.arch, args.finetune)
-    args.input_size = default_input_size(args)
+    args.input_size = default_input_size(args.data_set, args.input_size)
     if args.input_size % 16:
         raise UserError(f"--input-size {args.input_size} is not a multiple of 16")
     autocast_context(device, args.amp)  # rejects --amp fp16 on CPU before any work

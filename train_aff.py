@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import launch_script, refine_net_parent, script_parser, training_state_parent
-from utils.choices import AFF_RECIPES
+from datasets.layout import data_parent
+from models.registry import AFF_RECIPES, refine_net_parent
+from utils.args import launch_script, script_parser, training_state_parent
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = script_parser("AffinityNet training (PSA / MCTformer)",
+    p = script_parser("AffinityNet training (PSA / MCTformer)", data_parent(),
                       refine_net_parent("affinity", trained=False), training_state_parent("aff"))
     g = p.add_argument_group("affinities")
     g.add_argument("--radius", type=int, default=5, help="affinity radius (pairs within it)")
@@ -36,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop_size", type=int, default=448,
                    help="random crop side (a multiple of the backbone's stride: 8, toy 4)")
     g = p.add_argument_group("optimisation (SPEC_REFINE 13.3-13.4)")
-    g.add_argument("--recipe", choices=AFF_RECIPES, default="mct",
+    g.add_argument("--recipe", choices=tuple(AFF_RECIPES), default="mct",
                    help="defaults of --lr and --max_epoches: mct (0.01, 5) or psa (0.1, 8)")
     g.add_argument("--batch_size", type=int, default=8)
     g.add_argument("--max_epoches", "--epochs", dest="max_epoches", type=int, default=None)
@@ -61,7 +62,7 @@ def run(args, device, info) -> None:
     from engine.refine import train_one_epoch
     from engine.common import prepare_model
     from models.registry import (aff_recipe, affinity_stride, build_affinity_net,
-                               default_backbone, resolve_init_weights, trained_weights_path)
+                                 resolve_init_weights, trained_weights_path)
     from utils.args import check_training_length
     from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.errors import resolve_run_folder
@@ -73,8 +74,8 @@ def run(args, device, info) -> None:
     for key, value in aff_recipe(args.recipe).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.backbone = args.backbone or default_backbone(args.data_set, "affinity")
     lay = layout(args.data_set, args.data_path)
+    args.backbone = args.backbone or lay.dataset.backbone
     exp = os.path.join("experiment", args.name)
     final = trained_weights_path(exp, "affinity", args.backbone)     # what infer_aff.py loads
     out_dir = os.path.dirname(final)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import launch_script, refine_net_parent, script_parser, training_state_parent
+from datasets.layout import data_parent
+from models.registry import refine_net_parent
+from utils.args import launch_script, script_parser, training_state_parent
 from utils.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = script_parser("Segmentation training on pseudo masks",
+    p = script_parser("Segmentation training on pseudo masks", data_parent(),
                       refine_net_parent("segmentation", trained=False),
                       training_state_parent("segnet"))
     g = p.add_argument_group("data")
@@ -62,8 +64,8 @@ def run(args, device, info) -> None:
     from datasets.segmentation_data import SegBatchSampler, SegTrainDataset
     from engine.common import prepare_model
     from engine.segment import train_steps
-    from models.registry import (build_segmentation_net, default_backbone, resolve_init_weights,
-                               seg_optim, seg_recipe, trained_weights_path)
+    from models.registry import (build_segmentation_net, resolve_init_weights, seg_optim,
+                                 seg_recipe, trained_weights_path)
     from utils.args import check_training_length
     from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.dist import shard
@@ -74,7 +76,7 @@ def run(args, device, info) -> None:
     from utils.runtime import autocast_context, seed_everything
 
     lay = layout(args.data_set, args.data_path)
-    args.backbone = args.backbone or default_backbone(args.data_set, "segmentation")
+    args.backbone = args.backbone or lay.dataset.backbone
     for key, value in seg_recipe(args.backbone, len(read_id_list(args.train_list or
                                                                  lay.train_list))).items():
         if getattr(args, key) is None:
@@ -86,8 +88,7 @@ def run(args, device, info) -> None:
                                   "pseudo masks", f"`python infer_aff.py --name {args.name}` "
                                   f"for the training list")
     gt_dirs = {os.path.realpath(lay.gt_dir(i)) for i in ("train", "val")}
-    gt_dirs |= {os.path.realpath(os.path.join(lay.root, d))
-                for d in ("SegmentationClass", "SegmentationClassAug")}
+    gt_dirs |= {os.path.realpath(os.path.join(lay.root, d)) for d in lay.dataset.masks}
     if os.path.realpath(mask_dir) in gt_dirs:
         raise UserError(f"--seg_pgt_path {mask_dir} is the dataset's ground truth. Training "
                         f"on it is fully supervised, not weakly supervised, and its scores "

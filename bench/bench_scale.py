@@ -42,9 +42,7 @@ import time
 
 import numpy as np
 
-from datasets.synthetic import GEOMETRY, synthetic_probs, synthetic_scene
-
-SEED_CLASSES = {"VOC": 20, "COCO": 80}
+from datasets.synthetic import CLASSES as SEED_CLASSES, GEOMETRY, synthetic_probs, synthetic_scene
 
 
 def _tensor(rgb):

@@ -14,15 +14,14 @@ from typing import BinaryIO, Callable, Dict, Sequence
 
 import numpy as np
 
+from datasets.layout import dataset
 from utils.errors import UserError, describe_missing
 from utils.io import load_npy_dict
 
 
 def remake_hint(data_set: str, data_path: str) -> str:
     """The command that (re)creates the lists and ``cls_labels.npy`` of ``data_set``."""
-    if data_set == "TOY":
-        return f"make the synthetic set with `python -m datasets.toy --out {data_path}`"
-    return f"run `python -m datasets.prepare --data-set {data_set} --data-path {data_path}`"
+    return dataset(data_set).remake_hint(data_path)
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:

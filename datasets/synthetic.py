@@ -11,7 +11,11 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 
+from datasets.layout import dataset
+
 GEOMETRY = {"VOC": (375, 500), "COCO": (480, 640)}     # H, W of a typical image
+CLASSES = {"VOC": dataset("VOC12").num_classes,        # the seed network's classes
+           "COCO": dataset("COCO").num_classes}
 
 
 def _blobs(rng: np.random.Generator, n: int, height: int, width: int,

@@ -8,8 +8,8 @@ own command lines, the checks before any work, skipping and resuming, and the re
   different things in different scripts needs a stage, ``--train_aff.weights FILE``).
 - **Preflight** (``preflight``): every stage's command line parses; the data layout; every
   weight file the stages start from (named, with where to get it); free disk against what
-  the stages will write (``DISK_PER_IMAGE`` x list lengths); the device. One line per
-  problem, and nothing is written.
+  the stages will write (the dataset's ``disk_per_image`` x list lengths); the device. One
+  line per problem, and nothing is written.
 - **Skipping and resuming** (``decide``): ``experiment/<name>/pipeline.json`` records, per
   stage, a key (its command line and the keys of the stages it reads from) and the
   fingerprints of its outputs. A stage whose key and outputs are unchanged is skipped; one
@@ -35,44 +35,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from datasets.layout import Layout, layout
-from utils.choices import WEIGHT_FILES, backbone_folder
+from datasets.layout import TOY_SET, Layout, dataset, layout
+from models.registry import BACKBONES, backbone_folder
 from utils.errors import UserError
 from utils.lists import read_id_list
 from utils.commands import ROOT
 
 STATE_FILE = "pipeline.json"
 GB = 1e9
-
-# ---------------------------------------------------------------------------- figures
-# Bytes each output takes per image (and per checkpoint), by data set: the README's current
-# figures (VOC: 500x375 images, ~1.5 classes each; COCO: 640x480, ~2.9 classes; the toy
-# set: 96 px), measured by bench/bench_scale.py. CAM dicts hold float32 maps of the image's
-# classes (PSA format, the default of --dict_format); "crf" is one alpha's CRF score dict in
-# the compact format (the default of --crf_format; PSA's float32 is ~25x larger).
-DISK_PER_IMAGE = {
-    "VOC12": {"dict": 1.13e6, "crf": 85e3, "png": 2e3, "ckpt_epoch": 90e6, "ckpt_last": 270e6,
-              "aff": 1.2e9, "segnet": 1.5e9},
-    "COCO": {"dict": 3.6e6, "crf": 140e3, "png": 3e3, "ckpt_epoch": 90e6, "ckpt_last": 270e6,
-             "aff": 1.2e9, "segnet": 1.5e9},
-    "TOY": {"dict": 60e3, "crf": 100e3, "png": 1e3, "ckpt_epoch": 2e6, "ckpt_last": 6e6,
-            "aff": 5e6, "segnet": 5e6},
-}
-# Seconds per image (per epoch for training) on one GPU: estimates from the reference's
-# schedules and per-image costs measured on a CPU (README "Figures, disk and time"); the
-# toy set's are measured on a 2-core CPU (`make demo`).
-SECONDS_PER_IMAGE = {
-    "VOC12": {"seeds_train": 0.006, "seeds": 0.34, "crf": 0.85, "eval": 0.02,
-              "aff_train": 0.2, "rw": 0.34, "seg_train": 0.11, "seg_val": 1.24},
-    "COCO": {"seeds_train": 0.006, "seeds": 0.5, "crf": 1.5, "eval": 0.02,
-             "aff_train": 0.25, "rw": 0.5, "seg_train": 0.13, "seg_val": 1.5},
-    "TOY": {"toy_data": 0.01, "pretrain": 0.004, "seeds_train": 0.012, "seeds": 0.006,
-            "crf": 0.01, "eval": 0.001, "aff_train": 0.012, "rw": 0.02, "seg_train": 0.02,
-            "seg_val": 0.05},
-}
-# PCSS in the literature (the paper's tables), beside ours in the report
-LITERATURE = {"VOC12": {"seeds": 69.5, "masks": 73.2, "seg": 72.3, "seg_test": 73.0},
-              "COCO": {"seg": 45.7}}
 
 # ---------------------------------------------------------------------------- flags
 # families a flag can be addressed to, besides a stage or a script name
@@ -142,9 +112,11 @@ def stage_names(data_set: str, preset: str, test: bool = False) -> List[tuple]:
                 ("rw", "infer_aff.py"), ("masks_eval", "evaluation.py"),
                 ("seg_train", "train_seg.py"), ("seg_val", "infer_seg.py"),
                 ("seg_eval", "evaluation.py"), ("figure", "infer_seg.py")]
-    seeds = "train_PCSS_coco.py" if data_set == "COCO" else "train_PCSS.py"
+    seeds = dataset(data_set).seed_script
+    lists = dataset(data_set).lists     # masks scored on a list of their own: walked first
     walk = ([("rw_train", "infer_aff.py"), ("masks_eval", "evaluation.py"), ("rw", "infer_aff.py")]
-            if data_set == "VOC12" else [("rw", "infer_aff.py"), ("masks_eval", "evaluation.py")])
+            if lists["eval"] != lists["train"]
+            else [("rw", "infer_aff.py"), ("masks_eval", "evaluation.py")])
     return ([("seeds_train", seeds), ("seeds", "infer_PCSS.py"), ("seeds_eval", "evaluation.py"),
              ("aff_train", "train_aff.py")] + walk
             + [("seg_train", "train_seg.py"), ("seg_val", "infer_seg.py"),
@@ -251,15 +223,15 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     (every one parsed by its script's parser), outputs, dependencies and estimates."""
     exp = _rel("experiment", name)
     if preset == "toy":
-        data_set, data_path = "TOY", _rel(exp, "toy")
+        data_set, data_path = TOY_SET.name, _rel(exp, "toy")
     lay = layout(data_set, data_path, check=False)    # paths as the commands name them
     rel = lambda p: p                                 # noqa: E731
     data = ["--data-set", data_set, "--data-path", data_path]
     names = [n for n, _ in stage_names(data_set, preset, test)]
     stop = names.index(until) + 1 if until else len(names)
     crf_needed = "aff_train" in names[:stop]
-    disk = DISK_PER_IMAGE[data_set]
-    rate = SECONDS_PER_IMAGE[data_set]
+    disk = lay.dataset.disk_per_image
+    rate = lay.dataset.seconds_per_image
     n_train = _list_length(os.path.join(ROOT, rel(lay.train_list))) or (
         int(1600 * 0.8) if preset == "toy" else 0)
     plan: List[Stage] = []
@@ -280,7 +252,7 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
         return ns
 
     toy = preset == "toy"
-    default_net = "toy" if toy else "resnet38"      # of AffinityNet and the segmentation net
+    default_net = lay.dataset.backbone     # of AffinityNet and the segmentation net
     # the toy preset (`make demo`): its choices, and why, are the toy_* functions below
     common = toy_common() if toy else []
     train_list = rel(lay.train_list)
@@ -508,9 +480,9 @@ def toy_baseline(name: str, exp: str, data: List[str], common: List[str], train_
     def prepare():
         from models.weights import save_initial_weights
 
-        lay = layout("TOY", os.path.join(ROOT, seeds.data_path), check=False)
+        lay = layout(TOY_SET.name, os.path.join(ROOT, seeds.data_path), check=False)
         save_initial_weights(os.path.join(ROOT, weights), seeds.arch, lay.num_classes,
-                             seeds.input_size or 96, seeds.seed)
+                             seeds.input_size or TOY_SET.input_size, seeds.seed)
         _write_ids(os.path.join(ROOT, ids),
                    read_id_list(os.path.join(ROOT, train_list))[:images])
     untrained.prepare = prepare
@@ -592,9 +564,9 @@ def preflight(plan: List[Stage], name: str,
                 problems.append(f"{stage.name}: ImageNet weights {path} not found: download "
                                 f"{url} into pretrained/ (or pass --finetune PATH / none)")
         if stage.name in ("aff_train", "seg_train"):
-            backbone = ns.backbone or ("toy" if data_set == "TOY" else "resnet38")
-            default, where = WEIGHT_FILES.get(backbone, (None, ""))
-            path = ns.weights or default
+            backbone = ns.backbone or dataset(data_set).backbone
+            where = BACKBONES[backbone].source
+            path = ns.weights or BACKBONES[backbone].weights
             if (path and path.lower() not in ("none", "download")
                     and not os.path.isfile(os.path.join(ROOT, path))):
                 problems.append(f"{stage.name}: initial weights {path} not found ({backbone}): "
@@ -619,8 +591,8 @@ def preflight(plan: List[Stage], name: str,
 def check_data(lay: Layout, data_set: str, data_path: str, test: bool = False) -> List[str]:
     """What is missing from the dataset folder, one line each."""
     problems = []
-    prepare = (f"python -m datasets.prepare --data-set {data_set} --data-path {data_path}")
-    images = {"VOC12": "JPEGImages", "COCO": "train2014", "TOY": "JPEGImages"}[data_set]
+    prepare = lay.dataset.remake_hint(data_path)
+    images = lay.dataset.images
     if not os.path.isdir(os.path.join(ROOT, lay.root, images)):
         problems.append(f"{os.path.join(data_path, images)} not found: the {data_set} images "
                         f"(README, Data)")
@@ -630,18 +602,18 @@ def check_data(lay: Layout, data_set: str, data_path: str, test: bool = False) -
     for what, path in (("image labels", lay.label_file), ("training list", lay.train_list),
                        ("evaluation list", lay.eval_list), ("validation list", lay.seg_val_list)):
         if not os.path.isfile(os.path.join(ROOT, path)):
-            problems.append(f"{path} not found ({what}): run `{prepare}`")
-    if test and not os.path.isfile(os.path.join(ROOT, lay.root, "ImageSets", "Segmentation",
-                                                "test.txt")):
-        problems.append(f"--test: {data_path}/ImageSets/Segmentation/test.txt not found: "
-                        f"unpack VOC2012_test.tar (the evaluation server's) over {data_path}")
+            problems.append(f"{path} not found ({what}): {prepare}")
+    if test and (lay.test_list is None or not os.path.isfile(os.path.join(ROOT, lay.test_list))):
+        problems.append(f"--test: {lay.test_list or 'a test split'} not found: unpack "
+                        f"VOC2012_test.tar (the evaluation server's) over {data_path}")
     return problems
 
 
 def check_device(devices, nproc: int, data_set: str) -> List[str]:
     """A requested device that is not there, or more processes than GPUs."""
     wants_cuda = any(str(d).startswith("cuda") for d in devices)
-    if not wants_cuda and nproc <= 1 and (data_set == "TOY" or "auto" not in devices):
+    small = dataset(data_set).synthetic          # minutes on a CPU
+    if not wants_cuda and nproc <= 1 and (small or "auto" not in devices):
         return []
     import torch
     cuda = torch.cuda.is_available()
@@ -650,7 +622,7 @@ def check_device(devices, nproc: int, data_set: str) -> List[str]:
                 f"{torch.__version__}); pass --device cpu, or run on a GPU machine"]
     if nproc > 1 and cuda and nproc > torch.cuda.device_count():
         return [f"--nproc_per_node {nproc}: only {torch.cuda.device_count()} GPU(s) here"]
-    if not cuda and data_set != "TOY" and "auto" in devices:
+    if not cuda and not small and "auto" in devices:
         print(f"warning: no GPU: the {data_set} stages run on the CPU (days to weeks)",
               file=sys.stderr)
     return []
@@ -854,7 +826,7 @@ def summarize(plan: List[Stage], state: dict, data_set: str) -> dict:
     out["disk_bytes"] = {s.name: records[s.name].get("disk_bytes") for s in plan
                          if records.get(s.name, {}).get("state") == "done"}
     out["total_s"] = round(sum(v or 0 for v in out["timings_s"].values()), 1)
-    out["literature"] = LITERATURE.get(data_set, {})
+    out["literature"] = dict(dataset(data_set).literature)
     return out
 
 
@@ -956,7 +928,7 @@ def run_pipeline(name: str, data_set: str, data_path: str, preset: str, extra: S
     # replaced; a real run's training folder the pipeline did not write is refused instead
     decide(plan, state, parsers, redo_from, resume_training, replace_unknown=preset == "toy")
     if preset == "toy":
-        data_set, data_path = "TOY", os.path.join("experiment", name, "toy")
+        data_set, data_path = TOY_SET.name, os.path.join("experiment", name, "toy")
     problems = preflight(plan, name, data_set, data_path, preset, nproc)
     if dry_run:
         show_plan(plan, nproc)

@@ -4,13 +4,10 @@ synthetic toy set on a CPU in a minute. Each trunk's ``features(x)`` gives three
 maps named as ResNet-38's taps (``conv4``, ``conv5``, ``conv6``)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 from torchvision.models import resnet50
 
-from models.deeplab import torchvision_resnet
 from models.resnet38 import AffinityHead, FrozenBatchNormMixin, LargeFOVHead
 
 
@@ -22,9 +19,8 @@ class TorchvisionResNet50(FrozenBatchNormMixin, nn.Module):
     stride = 8
     frozen_modules = ("body.conv1", "body.bn1", "body.layer1")
 
-    def _init_trunk(self, pretrained: Optional[str]):
-        net = torchvision_resnet(resnet50, pretrained,
-                                 replace_stride_with_dilation=[False, True, True])
+    def _init_trunk(self):
+        net = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
         self.body = nn.ModuleDict({n: getattr(net, n) for n in
                                    ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                                     "layer3", "layer4")})
@@ -38,9 +34,9 @@ class TorchvisionResNet50(FrozenBatchNormMixin, nn.Module):
 
 
 class ResNet50Aff(AffinityHead, TorchvisionResNet50):
-    def __init__(self, radius: int = 5, pretrained: Optional[str] = None):
+    def __init__(self, radius: int = 5):
         super().__init__()
-        self._init_trunk(pretrained)
+        self._init_trunk()
         self._init_affinity_head(self.channels, radius)
         self.train()
 

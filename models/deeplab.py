@@ -17,40 +17,20 @@ import torch.nn as nn
 from torchvision.models import resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 
+from models.registry import load_initial_weights
 from models.resnet38 import FrozenBatchNormMixin
-from utils.errors import UserError
 
 ASPP_RATES = (6, 12, 18, 24)
-IMAGENET_FILE = "pretrained/resnet101-63fe2227.pth"    # torchvision's IMAGENET1K_V1
-
-
-def torchvision_resnet(builder, pretrained: Optional[str], **kw) -> nn.Module:
-    """A torchvision ResNet with ImageNet weights from the file ``pretrained`` (read with
-    ``weights_only=True``), from torchvision's download when ``pretrained == "download"``
-    (the only network access, and only when asked), or random when None."""
-    if pretrained == "download":
-        return builder(weights="IMAGENET1K_V1", **kw)
-    net = builder(weights=None, **kw)
-    if pretrained is not None:
-        from models.weights import load_state_dict_file
-        sd = load_state_dict_file(pretrained)
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        if missing or [k for k in unexpected if not k.startswith("fc.")]:
-            raise UserError(f"{pretrained} is not a torchvision {builder.__name__} state dict "
-                            f"({len(missing)} keys missing, e.g. {', '.join(missing[:3])}). "
-                            f"Use torchvision's ImageNet file for it, or 'download'.")
-    return net
 
 
 class DeepLabV2(FrozenBatchNormMixin, nn.Module):
     """``forward(x)`` -> B x C x ceil(H/8) x ceil(W/8) logits."""
     head_modules = ("aspp",)
 
-    def __init__(self, num_classes: int = 21, pretrained: Optional[str] = None):
+    def __init__(self, num_classes: int = 21):
         super().__init__()
         self.num_classes = num_classes
-        trunk = torchvision_resnet(resnet101, pretrained,
-                                   replace_stride_with_dilation=[False, True, True])
+        trunk = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
         self.backbone = IntermediateLayerGetter(trunk, {"layer4": "out"})
         self.aspp = nn.ModuleList(nn.Conv2d(2048, num_classes, 3, padding=r, dilation=r)
                                   for r in ASPP_RATES)
@@ -76,7 +56,10 @@ class DeepLabV2(FrozenBatchNormMixin, nn.Module):
 
 
 def build_deeplabv2(num_classes: int = 21, pretrained: Optional[str] = None) -> DeepLabV2:
-    """DeepLabV2-ResNet-101 (15.4); ``pretrained``: torchvision's ImageNet resnet101 file,
-    ``"download"``, or None (random)."""
-    return DeepLabV2(num_classes, pretrained)
+    """DeepLabV2-ResNet-101 (docs/method.md, Segmentation network); ``pretrained``:
+    torchvision's ImageNet resnet101 file, ``"download"``, or None (random), loaded as the
+    registry's ``deeplabv2_r101`` entry says (``models.registry.load_initial_weights``)."""
+    net = DeepLabV2(num_classes)
+    load_initial_weights(net, "deeplabv2_r101", pretrained)
+    return net
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.prefix_sharing import BlockTrace, DropPath, rerun_prefix, traced_block_forward
+from models.registry import ARCHS
 from wsss.frequency import replace_magnitude
 
 
@@ -348,14 +349,6 @@ def build_model(num_classes: int = 20, img_size: int = 224, embed_dim: int = 384
     return MCTViT(num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                   embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                   mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-
-
-# Named widths for --arch; "toy" is a small CPU-friendly network for the synthetic set.
-ARCHS = {
-    "deit_small": dict(embed_dim=384, depth=12, num_heads=6),
-    "deit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "toy": dict(embed_dim=128, depth=4, num_heads=4),
-}
 
 
 def build_arch(arch: str, num_classes: int, img_size: int = 224,

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.weights import load_weights
 from wsss.affinity import pair_affinities
-from utils.errors import UserError
 
 Features = Dict[str, torch.Tensor]
 
@@ -259,36 +259,13 @@ def head_keys(net: nn.Module) -> List[str]:
 
 def load_resnet38_weights(net: nn.Module, state_dict_or_path: Union[str, os.PathLike, Mapping]
                           ) -> Dict[str, List[str]]:
-    """Load PSA / MCTformer weights into ``net`` (11.5): ``res38_cls.pth`` (the classifier:
-    its ``fc8`` is dropped, the new head keeps its initialisation), ``res38_aff.pth`` /
-    ``resnet38_aff.pth``, segmentation checkpoints; bare or in ``{'model'|'state_dict':
+    """Load PSA / MCTformer weights into ``net`` (docs/method.md, ResNet-38):
+    ``res38_cls.pth`` (the classifier: its ``fc8`` is dropped, the new head keeps its
+    initialisation), ``res38_aff.pth`` / ``resnet38_aff.pth``, segmentation checkpoints; bare or in ``{'model'|'state_dict':
     ...}``, with or without a ``module.`` prefix, with or without ``num_batches_tracked``.
     Returns ``{"fresh": net keys absent from the file, "dropped": file keys the net lacks}``
     (``num_batches_tracked`` not listed). A shape mismatch, or a missing key that is not the
-    net's new head, is a ``UserError`` naming the keys."""
-    from models.weights import load_state_dict_file, unwrap_state_dict
-
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        sd = load_state_dict_file(os.fspath(state_dict_or_path))
-        what = os.fspath(state_dict_or_path)
-    else:
-        sd, _ = unwrap_state_dict(state_dict_or_path, "the state dict given")
-        what = "the state dict given"
-    own = net.state_dict()
-    optional = set(head_keys(net))
-    bookkeeping = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
-    fresh = [k for k in own if k not in sd and not bookkeeping(k)]
-    missing = [k for k in fresh if k not in optional]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-             for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or wrong:
-        problems = ([f"{len(missing)} keys missing: {', '.join(missing[:6])}"] if missing else [])
-        problems += [f"shape mismatches: {', '.join(wrong[:6])}"] if wrong else []
-        raise UserError(f"{what} does not fit this {type(net).__name__} ({'; '.join(problems)})"
-                        f". Use PSA's res38_cls.pth / res38_aff.pth (ResNet-38) or weights of "
-                        f"the same backbone and class count.")
-    with torch.no_grad():
-        for k, v in own.items():
-            if k in sd:
-                v.copy_(sd[k])
-    return {"fresh": fresh, "dropped": [k for k in sd if k not in own and not bookkeeping(k)]}
+    net's new head, is a ``UserError`` naming the keys (``models.weights.load_weights``)."""
+    return load_weights(net, state_dict_or_path, fresh_ok=head_keys(net), drop_ok=True,
+                        hint="Use PSA's res38_cls.pth / res38_aff.pth (ResNet-38) or weights "
+                             "of the same backbone and class count.")

@@ -17,7 +17,7 @@ import fnmatch
 import glob
 import os
 import pickle
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from models.mct_vit import build_arch
 from utils.errors import UserError, describe_missing
 
 StateDict = Dict[str, torch.Tensor]
+WeightReport = Dict[str, List[str]]     # {"fresh": [...], "dropped": [...]}
 
 
 def read_checkpoint(path: str):
@@ -121,12 +122,14 @@ def deit_to_mct(deit: Mapping[str, torch.Tensor], model) -> StateDict:
 
 
 def key_mismatches(got: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
-                   optional=()) -> str:
+                   optional=(), exact: bool = False) -> str:
     """What keeps ``got`` from loading strictly into a model with state ``own``: missing
-    keys (except those starting with ``optional`` and BatchNorm's ``num_batches_tracked``,
+    keys (except those starting with ``optional`` - or equal to one, ``exact`` - and
+    BatchNorm's ``num_batches_tracked``,
     which files saved before PyTorch 0.4.1 lack), unexpected keys, shape mismatches.
     An empty string when it fits."""
-    missing = [k for k in own if k not in got and not k.startswith(tuple(optional))
+    skip = (lambda k: k in optional) if exact else (lambda k: k.startswith(tuple(optional)))
+    missing = [k for k in own if k not in got and not skip(k)
                and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in got if k not in own]
     wrong = [f"{k} {tuple(got[k].shape)} vs {tuple(own[k].shape)}"
@@ -156,11 +159,8 @@ def _resample_pos_embed(pos: torch.Tensor, num_classes: int, grid: int) -> torch
 def init_from_deit(net, path_or_state_dict,
                    report: Optional[Callable[[str], None]] = None) -> None:
     """Initialise ``net`` from ImageNet DeiT weights (a path or a state dict)."""
-    sd = deit_to_mct(_as_state_dict(path_or_state_dict, report), net)
-    with torch.no_grad():
-        own = net.state_dict()
-        for k, v in sd.items():
-            own[k].copy_(v)
+    load_weights(net, deit_to_mct(_as_state_dict(path_or_state_dict, report), net),
+                 fresh_ok=[k for k in net.state_dict() if k.startswith("head.")])
 
 
 def load_model_weights(net, path_or_state_dict,
@@ -168,11 +168,45 @@ def load_model_weights(net, path_or_state_dict,
                        hint: str = "Check --arch and --data-set (number of classes).") -> None:
     """Strictly load a model state dict (e.g. the released PCSS checkpoint, PSA's
     res38_aff.pth) in any layout of ``unwrap_state_dict``; ``hint`` ends the error."""
-    sd = _as_state_dict(path_or_state_dict, report)
-    problems = key_mismatches(sd, net.state_dict())
+    load_weights(net, path_or_state_dict, what="checkpoint", hint=hint, report=report)
+
+
+def load_weights(net, source: Union[str, os.PathLike, Mapping], fresh_ok: Sequence[str] = (),
+                 drop_ok: bool = False, prefix: str = "", what: Optional[str] = None,
+                 hint: str = "", report: Optional[Callable[[str], None]] = None) -> WeightReport:
+    """The one weight loader: copy the tensors of ``source`` (a file or a state dict, in any
+    layout of ``unwrap_state_dict``; its keys under ``prefix`` in ``net``, e.g. a torchvision
+    trunk's under ``backbone.``) into ``net``, cast to the net's dtypes.
+
+    Returns ``{"fresh": net keys the file lacks, "dropped": file keys the net lacks}``
+    (BatchNorm's ``num_batches_tracked`` is never listed: files saved before PyTorch 0.4.1
+    lack it). Fresh keys are allowed only in ``fresh_ok`` (a net's new head, which keeps its
+    initialisation), dropped keys only with ``drop_ok`` (e.g. a classifier's ``fc8``);
+    anything else, and any shape mismatch, is a ``UserError`` "<what> does not match the
+    model (...)" ending with ``hint``. ``report`` (e.g. ``print``) gets one line saying how
+    the file was unwrapped and what was fresh or dropped."""
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the state dict given"
+    obj = read_checkpoint(name) if isinstance(source, (str, os.PathLike)) else source
+    sd, how = unwrap_state_dict(obj, name)
+    own = net.state_dict()
+    bookkeeping = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
+    got = {prefix + k: v for k, v in sd.items()}
+    fresh = [k for k in own if k not in got and not bookkeeping(k)]
+    dropped = [k for k in sd if prefix + k not in own and not bookkeeping(k)]
+    kept = {k: v for k, v in got.items() if k in own} if drop_ok else got
+    problems = key_mismatches(kept, own, optional=tuple(fresh_ok), exact=True)
     if problems:
-        raise UserError(f"checkpoint does not match the model ({problems}). {hint}")
-    net.load_state_dict(sd, strict=False)    # everything but num_batches_tracked, checked
+        raise UserError(f"{what or name} does not match the model ({type(net).__name__}: "
+                        f"{problems}). {hint}".rstrip())
+    with torch.no_grad():
+        for k, v in own.items():
+            if k in got:
+                v.copy_(got[k])
+    if report is not None and (how or fresh or dropped):
+        report(f"{name}: " + "; ".join(
+            [how] * bool(how) + [f"{len(fresh)} tensors fresh"] * bool(fresh)
+            + [f"{len(dropped)} file tensors unused"] * bool(dropped)))
+    return {"fresh": fresh, "dropped": dropped}
 
 
 # ------------------------------------------------------------------------ which file

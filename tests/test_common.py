@@ -12,11 +12,12 @@ import torch
 from datasets.loader import image_loader
 from engine.common import claim_outputs, pending_outputs
 from models.weights import initial_weights
-from models.registry import find_trained_weights, resolve_init_weights, trained_weights_path
+from datasets.layout import data_parent
+from models.registry import (BACKBONES, TRAINED_FILES, backbone_names, find_trained_weights,
+                             refine_net_parent, resolve_init_weights, trained_weights_path)
 from utils.args import (check_training_length, overwrite_parent, positive_float,
-                        refine_net_parent, script_parser, training_state_parent)
+                        script_parser, training_state_parent)
 from utils.checkpoint import claim_run, save_training_state, start_training
-from utils.choices import BACKBONES, OWN_FOLDER_BACKBONES, TRAINED_FILES, WEIGHT_FILES
 from utils.dist import DistInfo
 from utils.errors import UserError, require_folder
 from utils.logger import RunLog
@@ -31,21 +32,21 @@ def test_refine_net_help_comes_from_the_tables_the_code_uses(stage):
     train = script_parser("t", refine_net_parent(stage, trained=False)).format_help()
     infer = script_parser("i", refine_net_parent(stage, trained=True)).format_help()
     flat = lambda text: " ".join(text.split())  # noqa: E731  (argparse wraps lines)
-    for name in BACKBONES[stage]:
+    for name in backbone_names(stage):
         assert name in flat(train) and name in flat(infer)
-        if name in WEIGHT_FILES:
-            assert WEIGHT_FILES[name][0] in flat(train)
+        if BACKBONES[name].weights:
+            assert BACKBONES[name].weights in flat(train)
     folder, file, script, _ = TRAINED_FILES[stage]
     assert f"experiment/<name>/{folder}/{file}" in flat(infer) and script in flat(infer)
     assert trained_weights_path("experiment/x", stage) == f"experiment/x/{folder}/{file}"
-    for name in BACKBONES[stage]:        # the other backbones' nets live beside the default
-        own = name in OWN_FOLDER_BACKBONES
+    for name in backbone_names(stage):   # the other backbones' nets live beside the default
+        own = BACKBONES[name].own_folder
         assert trained_weights_path("experiment/x", stage, name) == (
             f"experiment/x/{folder}_{name}/{file}" if own else f"experiment/x/{folder}/{file}")
 
 
 def test_script_parser_combines_the_shared_options():
-    p = script_parser("x", training_state_parent("aff"), data=("TOY", "toy"))
+    p = script_parser("x", data_parent("TOY", "toy"), training_state_parent("aff"))
     args = p.parse_args(["--name", "n", "--resume", "--no-tensorboard", "--overwrite"])
     assert (args.data_set, args.data_path, args.device) == ("TOY", "toy", "auto")
     assert args.resume and not args.tensorboard and args.overwrite

@@ -16,7 +16,8 @@ from bench.reference import (literal_affinity_labels, literal_label_map, literal
                              literal_poly_sgd, literal_random_walk, literal_seg_predict)
 from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.deeplab import build_deeplabv2
-from models.registry import affinity_stride, load_affinity_net, load_segmentation_net
+from models.registry import (affinity_stride, build_affinity_net, load_affinity_net,
+                             load_segmentation_net)
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
 from wsss.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
                             dense_affinity, pair_indices, pair_offsets, random_walk,
@@ -234,6 +235,25 @@ def test_resnet38_weight_files(r38_aff, tmp_path):
                 if not k.endswith("num_batches_tracked")}, tmp_path / "res38_aff.pth")
     loaded = load_affinity_net("resnet38", str(tmp_path / "res38_aff.pth"), radius=4)
     assert not loaded.training and torch.equal(loaded.f9.weight, r38_aff.f9.weight)
+
+
+def test_a_torchvision_file_loads_into_the_trunk_under_the_backbone_prefix(tmp_path):
+    """resnet50's ImageNet file (torchvision's keys) through the one loader: the trunk
+    copied under ``body.``, the classifier's fc dropped and the new head left fresh, both
+    reported; a file of another network is refused naming the keys."""
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    imagenet = {k: v + 1 for k, v in resnet50().state_dict().items()}
+    torch.save(imagenet, tmp_path / "resnet50.pth")
+    net, info = build_affinity_net("resnet50", radius=4, weights=str(tmp_path / "resnet50.pth"))
+    assert info["dropped"] == ["fc.weight", "fc.bias"]
+    assert sorted(info["fresh"]) == ["f8_3.weight", "f8_4.weight", "f8_5.weight", "f9.weight"]
+    assert torch.equal(net.body.layer3[0].conv2.weight, imagenet["layer3.0.conv2.weight"])
+    assert torch.equal(net.body.bn1.running_mean, imagenet["bn1.running_mean"])
+    torch.save(build_resnet38_aff(radius=4).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"does not match the model \(ResNet50Aff: .*missing"):
+        build_affinity_net("resnet50", radius=4, weights=str(tmp_path / "other.pth"))
 
 
 @pytest.mark.parametrize("make", [lambda: ToyAff(radius=5), lambda: ResNet50Aff(radius=4)])

@@ -1,6 +1,6 @@
 """Argument definitions shared by the scripts (deit's ``get_args_parser(add_help=False)``
 habit): each ``*_parent`` returns a parent parser that scripts combine with
-``parents=[...]`` (``script_parser`` adds the run, data and device options every script
+``parents=[...]`` (``script_parser`` adds the run and device options every script
 has); the VOC and COCO entry points differ only in defaults. Flag names follow the reference
 repositories (PCSS, MCTformer, PSA); inside the code every quantity has one name, given here
 with ``dest`` (``--mpc_idx`` -> ``mpc_block``, ...). Also the argument checks the training
@@ -16,22 +16,18 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from utils.choices import (AMP_MODES, ARCHS, BACKBONES, DATA_SETS, TORCHVISION_BACKBONES,
-                           TRAINED_FILES, WEIGHT_FILES)
 from utils.errors import UserError
 
+AMP_MODES = ("none", "bf16", "fp16")     # mixed precision (utils.runtime.autocast_context)
 
-def run_parent(data_set: str = "VOC12", data_path: str = "data/VOC2012",
-               workers: bool = True) -> argparse.ArgumentParser:
-    """Run name and data options used by every script."""
+
+def run_parent(workers: bool = True) -> argparse.ArgumentParser:
+    """The run name (and the loading workers) of every script; the data options come from
+    the dataset registry (``datasets.layout.data_parent``)."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("run and data")
+    g = p.add_argument_group("run")
     g.add_argument("--name", required=True,
                    help="experiment name: everything is written under experiment/<name>/")
-    g.add_argument("--data-set", "--data_set", dest="data_set", default=data_set,
-                   choices=DATA_SETS, help="dataset")
-    g.add_argument("--data-path", "--data_path", dest="data_path", default=data_path,
-                   help="dataset root")
     if workers:
         g.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int,
                        default=default_workers(),
@@ -54,39 +50,14 @@ def default_workers(most: int = 4) -> int:
     return max(1, min(most, available_cores()))
 
 
-def script_parser(description: str, *parents: argparse.ArgumentParser,
-                  data: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The parser of a script that runs a network: the run and data options
-    (``run_parent(*data)``), the device options, then ``parents``; --help shows defaults."""
+def script_parser(description: str, *parents: argparse.ArgumentParser
+                  ) -> argparse.ArgumentParser:
+    """The parser of a script that runs a network: the run options, the device options,
+    then ``parents`` (the data options, ``datasets.layout.data_parent``, among them);
+    --help shows defaults."""
     return argparse.ArgumentParser(description=description,
-                                   parents=[run_parent(*data), device_parent(), *parents],
+                                   parents=[run_parent(), device_parent(), *parents],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-
-def refine_net_parent(stage: str, trained: bool) -> argparse.ArgumentParser:
-    """``--backbone`` and ``--weights`` of the ``stage`` ("affinity" / "segmentation") net:
-    its initial weights in the training script, the trained state dict (``trained``) in the
-    inference script. The help comes from the tables the code uses (``utils.choices``)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("network")
-    names = BACKBONES[stage]
-    g.add_argument("--backbone", choices=tuple(names), default=None,
-                   help="; ".join(f"{k}: {v}" for k, v in names.items())
-                        + ". None given: resnet38, toy on the toy set"
-                        + (". Give the one the weights were trained with" if trained else ""))
-    if trained:
-        folder, file, script, example = TRAINED_FILES[stage]
-        weights = (f"the trained state dict{example}. None given: "
-                   f"experiment/<name>/{folder}/{file}, written by {script}")
-    else:
-        files = ", ".join(f"{k} {WEIGHT_FILES[k][0]}" if k in WEIGHT_FILES else
-                          f"{k} from scratch" for k in names)
-        weights = ("initial weights; 'none': from scratch"
-                   + ("; 'download': torchvision's ImageNet file"
-                      if set(names) & set(TORCHVISION_BACKBONES) else "")
-                   + f". None given: {files}")
-    g.add_argument("--weights", default=None, help=weights)
-    return p
 
 
 def device_parent(amp: bool = True) -> argparse.ArgumentParser:
@@ -103,26 +74,6 @@ def device_parent(amp: bool = True) -> argparse.ArgumentParser:
                    help="run the network through torch.compile (same numbers to float32 "
                         "rounding; a warm-up of seconds to minutes at the start)")
     return p
-
-
-def network_parent() -> argparse.ArgumentParser:
-    """The seed-stage network (train_PCSS.py, infer_PCSS.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("network")
-    g.add_argument("--arch", default="deit_small", choices=ARCHS,
-                   help="network width/depth: deit_small (the paper), deit_tiny, or toy (a "
-                        "small CPU-friendly network for the synthetic set)")
-    g.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
-                   help="square training size S, a multiple of 16 (default 224; 96 for the "
-                        "TOY set, whose images are 96 px)")
-    return p
-
-
-def default_input_size(args) -> int:
-    """``--input-size`` when given, else 96 for the toy set and 224 otherwise."""
-    if args.input_size is None:
-        return 96 if args.data_set == "TOY" else 224
-    return args.input_size
 
 
 def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: int = 0,
