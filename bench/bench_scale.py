@@ -1,8 +1,9 @@
 """What the stages cost at real scale: VOC (500 x 375) and COCO (640 x 480) geometry,
 synthetic images (``datasets.synthetic``), the real backbones randomly initialised.
 
-    python -m bench.bench_scale cpu  --out DIR     # every stage on this CPU (a few minutes)
-    python -m bench.bench_scale pool --out DIR     # seed stage: CRF pool throughput (a GPU box)
+    python -m bench.bench_scale cpu   --out DIR    # every stage on this CPU (a few minutes)
+    python -m bench.bench_scale pool  --out DIR    # seed stage: CRF pool throughput (a GPU box)
+    python -m bench.bench_scale speed --out DIR    # infer_PCSS --crf, 1 vs 2 CRF workers
 
 ``cpu`` times, per geometry: DeiT-S CAMs (``cam_dict``) per image; PSA's CRF of the seeds
 (alphas 1 and 12) per image; the seed stage with CRF as ``infer_PCSS.py --crf`` runs it
@@ -19,7 +20,14 @@ DeiT-S CAMs of a few dozen synthetic images, CRF dicts for alphas 1 and 12 (comp
 long the main process (the network) waited on a full queue; the network alone gives the rate
 the CRF would have to keep up with. About 3 minutes on a 16-core GPU machine.
 
-Both print a table and write ``bench_scale_<mode>.json`` to ``--out``.
+``speed`` runs ``infer_PCSS.py --crf --alphas 1 12`` as users do (a fresh process each time)
+on ``--images`` synthetic VOC-size images with the toy network (cheap beside the CRF), with
+``--crf_workers`` 1 and 2, and prints the wall times, the CPU seconds of the main process and
+of its children per image, the start-up, whether both write the same bytes, and the wall
+ratio measured and projected for 2 idle cores (``run_speed``). About 3 minutes for 48
+images on 2 cores; ``--flags`` passes more options to the script (e.g. ``--num_workers 0``).
+
+Each prints a table and writes ``bench_scale_<mode>.json`` to ``--out``.
 """
 from __future__ import annotations
 
@@ -330,9 +338,144 @@ def run_pool(workers, images_per_worker, device_name):
     return {"device": name, "cores": os.cpu_count(), **rows}
 
 
+# ----------------------------------------------------------------------------- CRF workers
+_RUSAGE = ("import atexit, json, resource, runpy, sys\n"
+           "def _cpu(who):\n"
+           "    r = resource.getrusage(who)\n"
+           "    return r.ru_utime + r.ru_stime\n"
+           "atexit.register(lambda: sys.stderr.write('BENCH_CPU ' + json.dumps(["
+           "_cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)]) + '\\n'))\n"
+           "sys.argv = [{script!r}] + {args!r}\n"
+           "sys.path.insert(0, {root!r})\n"
+           "runpy.run_path({script!r}, run_name='__main__')\n")
+
+
+def _speed_data(folder: str, n: int, geo: str = "VOC") -> None:
+    """A TOY-layout set of n synthetic images at ``geo`` size (2 of the 4 toy classes each)
+    and randomly initialised toy-network weights ``folder/w.pth``."""
+    import torch
+    from PIL import Image
+
+    from datasets.labels import save_label_dict, write_id_list
+    from datasets.layout import TOY_CLASSES, layout
+    from models import build_arch
+    H, W = GEOMETRY[geo]
+    os.makedirs(os.path.join(folder, "data", "JPEGImages"))
+    lay = layout("TOY", os.path.join(folder, "data"))
+    ids, labels = [f"img{i:03d}" for i in range(n)], {}
+    for i, image_id in enumerate(ids):
+        rgb, _ = synthetic_scene(H, W, 2, seed=i)
+        Image.fromarray(rgb).save(lay.image_path(image_id), quality=90)
+        y = np.zeros(len(TOY_CLASSES), np.float32)
+        y[[i % 4, (i + 1) % 4]] = 1
+        labels[image_id] = y
+    write_id_list(lay.train_list, ids)
+    write_id_list(lay.val_list, ids)         # the TOY inference list
+    save_label_dict(lay.label_file, labels)
+    torch.manual_seed(0)
+    torch.save(build_arch("toy", len(TOY_CLASSES), img_size=96, drop_path_rate=0.0)
+               .state_dict(), os.path.join(folder, "w.pth"))
+
+
+def _infer_run(folder: str, name: str, flags) -> dict:
+    """``infer_PCSS.py`` in ``folder`` (a fresh process): wall seconds, CPU seconds
+    (user + sys) of the main process and of its children (loader and CRF workers)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "infer_PCSS.py")
+    args = ["--name", name, "--data-set", "TOY", "--data-path", "data", "--arch", "toy",
+            "--device", "cpu", "--load_pretrained", "w.pth", *flags]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _RUSAGE.format(script=script, args=args, root=root)],
+                          cwd=folder, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"infer_PCSS.py {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("BENCH_CPU "))
+    main_cpu, children_cpu = json.loads(line[len("BENCH_CPU "):])
+    return {"wall_s": wall, "main_cpu_s": main_cpu, "children_cpu_s": children_cpu}
+
+
+def _tree(folder: str) -> dict:
+    root = os.path.join(folder)
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f != "manifest.json":
+                path = os.path.join(dirpath, f)
+                with open(path, "rb") as fh:
+                    out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def run_speed(images: int, rounds: int, flags) -> dict:
+    """``infer_PCSS.py --crf --alphas 1 12`` on ``images`` synthetic VOC-size images with
+    the toy network, ``--crf_workers`` 1 and 2 alternately (``rounds`` times each, plus one
+    run of each over a single image): wall seconds, CPU seconds (user + sys) of the main
+    process and of its children (loader and CRF workers), whether both worker counts write
+    the same bytes, and the wall ratio 1 / 2 workers, measured and projected for 2 idle
+    cores from the CPU seconds alone (what a shared machine can still measure):
+
+    - per image, main ``m`` and children ``c``: the difference of the full and the
+      single-image runs over ``images - 1``; the start-up ``S`` (imports, network, pool):
+      the single-image run's main CPU less ``m``;
+    - with 1 worker the CRF worker is the bottleneck (the network is cheap beside it),
+      ``S + n max(c, m)``; with 2, both cores are busy, ``S + n max(m, (m + c) / 2)``.
+    """
+    from wsss.crf import crf_available
+    if not crf_available():
+        raise SystemExit("speed mode needs pydensecrf2")
+    rows = {1: [], 2: []}
+    crf = ["--crf", "--alphas", "1", "12"]
+    with tempfile.TemporaryDirectory() as d:
+        _speed_data(d, images)
+        with open(os.path.join(d, "one.txt"), "w") as f:
+            f.write("img000\n")
+        single = {n: _infer_run(d, f"single{n}", crf + ["--crf_workers", str(n),
+                                                        "--val_list", "one.txt", *flags])
+                  for n in (1, 2)}
+        trees = {}
+        for r in range(rounds):
+            for n in (1, 2):
+                name = f"w{n}_{r}"
+                res = _infer_run(d, name, crf + ["--crf_workers", str(n), *flags])
+                rows[n].append(res)
+                trees[n] = _tree(os.path.join(d, "experiment", name))
+                print(f"--crf_workers {n}: wall {res['wall_s']:.2f} s, CPU main "
+                      f"{res['main_cpu_s']:.2f} s + children {res['children_cpu_s']:.2f} s",
+                      flush=True)
+        same = trees[1] == trees[2] and len(trees[1]) == 2 * images
+    med = {n: {k: float(np.median([x[k] for x in v])) for k in v[0]} for n, v in rows.items()}
+    per, projected = {}, {}
+    for n in (1, 2):
+        m = (med[n]["main_cpu_s"] - single[n]["main_cpu_s"]) / (images - 1)
+        c = (med[n]["children_cpu_s"] - single[n]["children_cpu_s"]) / (images - 1)
+        S = single[n]["main_cpu_s"] - m
+        per[n] = {"wall_s": med[n]["wall_s"] / images, "main_cpu_s": m, "children_cpu_s": c,
+                  "startup_cpu_s": S}
+        projected[n] = S + images * (max(c, m) if n == 1 else max(m, (m + c) / 2))
+    out = {"images": images, "rounds": rounds, "flags": list(flags), "same_outputs": same,
+           "runs": {f"workers_{n}": v for n, v in med.items()},
+           "per_image": {f"workers_{n}": v for n, v in per.items()},
+           "wall_ratio": med[1]["wall_s"] / med[2]["wall_s"],
+           "projected_wall_s": {f"workers_{n}": v for n, v in projected.items()},
+           "projected_2core_ratio": projected[1] / projected[2]}
+    print(f"\n{images} VOC-size images, --arch toy, --crf --alphas 1 12 "
+          f"{' '.join(flags)}; medians of {rounds} runs:\n\n"
+          "| --crf_workers | wall s | CPU s per image: main | children (loader + CRF) | "
+          "start-up CPU s | projected wall s, 2 idle cores |\n|---|---|---|---|---|---|")
+    for n, v in per.items():
+        print(f"| {n} | {med[n]['wall_s']:.1f} | {v['main_cpu_s']:.3f} | "
+              f"{v['children_cpu_s']:.3f} | {v['startup_cpu_s']:.2f} | {projected[n]:.1f} |")
+    print(f"\nwall ratio 1 / 2 workers: {out['wall_ratio']:.2f}x measured, "
+          f"{out['projected_2core_ratio']:.2f}x projected; same outputs: {same}")
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("cpu", "pool"))
+    ap.add_argument("mode", choices=("cpu", "pool", "speed"))
     ap.add_argument("--out", required=True, help="folder for bench_scale_<mode>.json")
     ap.add_argument("--geos", nargs="+", choices=tuple(GEOMETRY), default=list(GEOMETRY))
     ap.add_argument("--stages", nargs="+", choices=tuple(CPU_STAGES), default=list(CPU_STAGES))
@@ -340,12 +483,19 @@ def main(argv=None) -> None:
     ap.add_argument("--images_per_worker", type=int, default=8,
                     help="pool mode: images timed per worker (at least 4 in all)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--images", type=int, default=24, help="speed mode: images per run")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="speed mode: runs per worker count (alternating; medians)")
+    ap.add_argument("--flags", nargs=argparse.REMAINDER, default=[],
+                    help="speed mode: further infer_PCSS.py flags (last on the line)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "cpu":
         res = run_cpu(args.stages, args.geos)
-    else:
+    elif args.mode == "pool":
         res = run_pool(args.workers, args.images_per_worker, args.device)
+    else:
+        res = run_speed(args.images, args.rounds, args.flags)
     path = os.path.join(args.out, f"bench_scale_{args.mode}.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)

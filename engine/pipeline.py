@@ -282,6 +282,7 @@ def build_plan(name: str, data_set: str, data_path: str, preset: str,
     ns = add(Stage("seeds", "infer_PCSS.py", "infer",
                    ["--name", name, *arch, "--load_epo", str(last_epoch), "--dict"]
                    + (["--crf", "--alphas", *alphas] if crf_needed else [])
+                   + (toy_crf_format() if toy and crf_needed else [])
                    + (["--val_list", train_list] if toy else []) + data + common,
                    deps=["seeds_train"]))
     alphas = ns.alphas
@@ -432,6 +433,17 @@ def toy_schedule(ns: argparse.Namespace, user: Sequence[str]) -> List[str]:
     validation before the last epoch."""
     return ((["--lr", f"{5e-4 * 512 / ns.batch_size:g}"] if "--lr" not in user else [])
             + (["--val_start_epo", str(ns.epochs)] if "--val_start_epo" not in user else []))
+
+
+def toy_crf_format() -> List[str]:
+    """The toy set's CRF score dicts in PSA's float32 format, not the compact default: the
+    toy objects have sharp edges, so many 4 x 4 blocks that affinity training pools lie
+    half in one class and half in another, and their two means tie to within 1e-6. Which
+    class wins such a block is float32 rounding, and no 16-bit fixed point keeps it (the
+    finest, steps of 1.5e-5, still flips 0.007 % of the label cells; the default 1e-4 steps
+    0.05 %), so with compact dicts the demo's figures would move. At 96 px the files are
+    small either way."""
+    return ["--crf_format", "psa"]
 
 
 def toy_affinity() -> List[str]:

@@ -58,22 +58,27 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-@torch.library.custom_op("pcss::cpu_attention_with_weights", mutates_args=())
-def cpu_attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(softmax(q kᵀ scale) v, head mean of the softmax)`` without gradients on CPU.
 
     Scaling q (N x d) instead of the scores (N x N) is less work, and bit-identical when the
     scale is a power of two (head size 64). The softmax runs in place (a private aten op:
     the public softmax has no out= form): not touching a fresh 13 MB buffer per block saves
     page faults, so cam_dict on a 375x500 image with flip takes 0.34 s instead of 0.42 s
-    (1.21x; 2-core Xeon with AMX, float32; bench/bench_core.py softmax). A custom op, so
-    that compiled code (models.compile) calls this kernel sequence as it is instead of
-    re-deriving the softmax (which ran 7 % slower per block there).
+    (1.21x; 2-core Xeon with AMX, float32; bench/bench_core.py softmax).
     """
     attn = (q * scale) @ k.transpose(-2, -1)
     torch.ops.aten._softmax.out(attn, -1, False, out=attn)
     return attn @ v, attn.mean(dim=1)
+
+
+# The same kernels as a custom op, for compiled code (models.compile): it calls this kernel
+# sequence as it is instead of re-deriving the softmax (which ran 7 % slower per block
+# there). Eager code calls the function itself: the op's dispatcher imports torch._dynamo
+# on its first call, 1-1.5 s of start-up for every inference process.
+cpu_attention_with_weights = torch.library.custom_op(
+    "pcss::cpu_attention_with_weights", _attention_with_weights, mutates_args=())
 
 
 @cpu_attention_with_weights.register_fake
@@ -98,7 +103,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if need_weights and x.device.type == "cpu" and not torch.is_grad_enabled():
-            out, weights = cpu_attention_with_weights(q, k, v, self.scale)
+            attend = (cpu_attention_with_weights if torch.compiler.is_compiling()
+                      else _attention_with_weights)
+            out, weights = attend(q, k, v, self.scale)
         elif need_weights:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             out = attn @ v

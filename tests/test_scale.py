@@ -257,6 +257,34 @@ def test_crf_workers_write_the_same_bytes_and_dicts_are_reused(work):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_infer_transform_is_torchvisions_without_torchvision():
+    """The infer transform gives torchvision's ToTensor + Normalize bits."""
+    from PIL import Image
+    from torchvision import transforms
+    from datasets.classification import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+                                         build_transform)
+    ref = transforms.Compose([transforms.ToTensor(),
+                              transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    rng = np.random.default_rng(0)
+    for h, w in ((375, 500), (5, 3)):
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        got, want = build_transform("infer")(im), ref(im)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_inference_starts_without_dynamo_or_torchvision(work):
+    """Start-up of every inference process: the eager network and the infer transform
+    import neither torch._dynamo nor torchvision (1-1.5 s of CPU each run)."""
+    check = ("import atexit, sys\n"
+             "atexit.register(lambda: print('loaded:', sorted(m for m in ('torch._dynamo', "
+             "'torchvision') if m in sys.modules)))")
+    proc = run_script("infer_PCSS.py", "--name", "startup", *DATA, "--dict", cwd=work,
+                      prelude=check)
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded: []" in proc.stdout, proc.stdout
+
+
 # ----------------------------------------------------------------------------- segmentation
 def test_present_classes_and_their_labels():
     probs = np.zeros((5, 4, 4), np.float32)
