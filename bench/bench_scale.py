@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from datasets.synthetic import CLASSES as SEED_CLASSES, GEOMETRY, synthetic_probs, synthetic_scene
+from engine.run_folder import RunFolder
 
 
 def _tensor(rgb):
@@ -175,11 +176,11 @@ def stage_seed_pool(geo, workers):
 
 
 def _train_step(geo, net, loss, what):
-    """Seconds of one SGD step on ``loss()`` (VOC only: the crops are the same for every
-    dataset); leaves ``net`` in eval mode."""
+    """Seconds of one SGD step on ``loss()``, measured at the first geometry only (training
+    crops are the same size whatever the images'); leaves ``net`` in eval mode."""
     import torch
     out = {}
-    if geo == "VOC":
+    if geo == next(iter(GEOMETRY)):
         opt = torch.optim.SGD(net.parameters(), lr=1e-6)
 
         def step():
@@ -441,7 +442,7 @@ def run_speed(images: int, rounds: int, flags) -> dict:
                 name = f"w{n}_{r}"
                 res = _infer_run(d, name, crf + ["--crf_workers", str(n), *flags])
                 rows[n].append(res)
-                trees[n] = _tree(os.path.join(d, "experiment", name))
+                trees[n] = _tree(RunFolder(name, d).dir)
                 print(f"--crf_workers {n}: wall {res['wall_s']:.2f} s, CPU main "
                       f"{res['main_cpu_s']:.2f} s + children {res['children_cpu_s']:.2f} s",
                       flush=True)
