@@ -1,5 +1,7 @@
 """Train PCSS on PASCAL VOC 2012 (or the synthetic toy set); train_PCSS_coco.py is the same
-program with COCO defaults. Scripts parse and wire; the loops live in engine/seeds.py.
+program with COCO defaults. Flags -> the objective (``models.pcss.PCSSObjective``, built from
+its flags by name), the network, the optimiser -> ``engine.training.Trainer.fit``, whose
+epochs run the seed stage's step (``engine.seeds.pcss_step``).
 
     python train_PCSS.py --name pcss_voc --data-path data/VOC2012
     torchrun --nproc_per_node 4 train_PCSS.py --name pcss_voc --data-path data/VOC2012
@@ -27,30 +29,30 @@ def get_args_parser(data_set: str = "VOC12", data_path: str = "data/VOC2012",
 
 
 def run(args, device, info) -> None:
-    import torch
-    from torch.utils.data.distributed import DistributedSampler
+    import dataclasses
+    from functools import partial
 
     from datasets import build_dataset
     from datasets.layout import default_input_size, layout
     from datasets.loader import image_loader, make_loader, reseed
     from engine.common import prepare_model
     from engine.run_folder import RunFolder
-    from engine.seeds import fim_round, train_one_epoch, validate
+    from engine.seeds import fim_round, pcss_step, validate
+    from engine.training import Trainer, batch_size, terms_but_total
     from models import ARCHS, build_arch, compile_network, init_from_deit
+    from models.pcss import PCSSObjective
     from models.weights import deit_weights, freeze_parameters
-    from models.pcss import PCSSConfig
-    from utils.args import check_training_length
-    from utils.checkpoint import atomic_save, claim_run, save_training_state, start_training
+    from utils.args import check_training_length, from_flags
+    from utils.checkpoint import atomic_save
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
-    from wsss.metrics import default_thresholds
-    from wsss.frequency import FrequencyInfluence
     from utils.lists import read_id_list
-    from utils.logger import RunLog
     from utils.manifest import file_fingerprint, producer
-    from utils.runtime import autocast_context, seed_everything
+    from utils.runtime import autocast_context
     from utils.schedule import CosineSchedule, make_adamw, param_groups
     from utils.vis import save_mask_grid
+    from wsss.frequency import FrequencyInfluence
+    from wsss.metrics import default_thresholds
 
     # ---- everything that can be wrong with the input is checked before any work
     lay = layout(args.data_set, args.data_path)
@@ -62,37 +64,26 @@ def run(args, device, info) -> None:
         raise UserError(f"--input-size {input_size} is not a multiple of 16")
     autocast_context(device, args.amp)  # rejects --amp fp16 on CPU before any work
     run_dir = RunFolder(args.name)
-    out_dir = run_dir.dir
     last = run_dir.last_checkpoint("seeds")
-    depth = ARCHS[args.arch]["depth"]
-    mpc_block = (min(round(7 * depth / 12), depth - 2) if args.mpc_block is None
-                 else args.mpc_block)
-    if not 0 <= mpc_block < depth:
-        raise UserError(f"--mpc_idx {mpc_block} is outside 0..{depth - 1} for "
-                        f"--arch {args.arch}")
-    cfg = PCSSConfig(w_fss=args.W[0], w_mpc=args.W[1], mpc_block=mpc_block,
-                     mpc_keep_ratio=args.mpc_keep_ratio, fim_start_epoch=args.fim_start_epoch,
-                     fim_interval=args.fim_interval,
-                     mpc_cam_start_epoch=args.mpc_cam_start_epoch,
-                     reuse_prefix=args.reuse_prefix)
+    # the objective from its flags (each flag's dest is an option's name)
+    objective = from_flags(partial(PCSSObjective.for_network, ARCHS[args.arch]["depth"]),
+                           PCSSObjective.option_names(), args, get_args_parser())
     validating = args.val_start_epoch < args.epochs
     train_ds = build_dataset(args.data_set, args.data_path, train_list, "train",
                              input_size, augment=args.augment)
     check_training_length("--epochs", args.epochs, args.batch_size, info.world_size,
                           len(train_ds), train_list)
     fim_ds = (build_dataset(args.data_set, args.data_path, train_list, "fim", input_size)
-              if cfg.w_fss > 0 else None)
+              if objective.w_fss > 0 else None)
     val_ds = build_dataset(args.data_set, args.data_path, val_list, "infer") if validating else None
 
-    claim_run(last, out_dir, args.resume, args.overwrite, info)
-    log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
-    seed_everything(args.seed + info.rank)
+    trainer = Trainer(args, device, info, last, run_dir.dir)
 
     # ---- model, optimiser, schedule
     model = build_arch(args.arch, lay.num_classes, input_size, args.drop_path)
     if finetune:
-        init_from_deit(model, finetune, report=log.text)
-    model.norm.requires_grad_(False)  # the final norm is never applied (as in MCTformer)
+        init_from_deit(model, finetune, report=trainer.log.text)
+    objective.prepare(model)
     frozen = freeze_parameters(model, args.freeze)
     model_without_ddp = model.to(device)    # its state dict is what is saved
     # what the evaluation paths call (FIM, seeds), and what the training step calls
@@ -104,38 +95,33 @@ def run(args, device, info) -> None:
         lr=lr)
     schedule = CosineSchedule(optimizer, lr, args.epochs, args.warmup_epochs, args.warmup_lr,
                               args.min_lr)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     fim = FrequencyInfluence(lay.num_classes, input_size, 16, args.fim_images_per_class,
                              shard=(info.rank, info.world_size),
                              reduce=lambda t: all_reduce_sum(t, info))
-
-    start_epoch = start_training(
-        last, log, args,
+    trainer.start(
+        model_without_ddp, model, optimizer,
         f"{sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters "
         f"({frozen} tensors frozen), lr {lr:.3g}, world size {info.world_size}, device "
         f"{device}, {'DeiT weights ' + finetune if finetune else 'from scratch'}",
-        model_without_ddp, optimizer, scaler, info,
         resolved={"finetune": finetune or "none", "train_list": train_list,
-                  "input_size": input_size, "mpc_block": mpc_block,
+                  "input_size": input_size, **dataclasses.asdict(objective),
                   "val_list": val_list if validating else "none (no validation)"},
         schedule=schedule, fim=fim)
 
-    sampler = DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True,
-                                 seed=args.seed, drop_last=True) if info.distributed else None
+    loader = trainer.loader(train_ds, args.batch_size)
     val_names = read_id_list(val_list) if validating else []
     thresholds = default_thresholds(*args.val_thresholds)
-    loader = make_loader(train_ds, args.batch_size, args.num_workers, device, shuffle=True,
-                         sampler=sampler, drop_last=True, persistent=True)
     vloader = (image_loader(val_ds, shard(range(len(val_ds)), info), args.num_workers, device)
                if validating else None)
     floader = (make_loader(fim_ds, args.fim_batch_size, args.num_workers, device, shuffle=True)
                if fim_ds is not None else None)
-    for epoch in range(start_epoch, args.epochs):
-        stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        masks = fim.masks if epoch > cfg.fim_start_epoch else None
-        stats.update(train_one_epoch(model, reseed(loader, args.seed, epoch), optimizer,
-                                     device, epoch, cfg, masks, args.amp, scaler, info,
-                                     last_good=last))
+
+    def step(epoch):
+        masks = fim.masks if objective.uses_fss(epoch) else None
+        return pcss_step(model, objective, epoch, masks, device, args.amp)
+
+    def after_epoch(epoch, stats):
+        """The epoch's weights, the schedule, seed validation and the FIM round."""
         epoch_file = run_dir.epoch_checkpoint(epoch)
         if info.is_main:
             atomic_save(model_without_ddp.state_dict(), epoch_file)
@@ -148,16 +134,15 @@ def run(args, device, info) -> None:
                               lay.num_classes, args.amp, info, made_by=made_by)
             if result is not None:
                 stats["miou"], stats["threshold"] = result[0], result[1]
-        if cfg.fim_due(epoch):
+        if objective.fim_due(epoch):
             masks = fim_round(net, reseed(floader, args.seed, epoch), fim, device, args.amp,
                               progress=info.is_main)
             if info.is_main:
-                save_mask_grid(masks.float().numpy(), lay.classes,
-                               run_dir.fim_masks(epoch))
-        log.epoch(stats)
-        save_training_state(last, epoch, model_without_ddp,
-                            optimizer, scaler, args, info, schedule=schedule, fim=fim)
-    log.close()
+                save_mask_grid(masks.float().numpy(), lay.classes, run_dir.fim_masks(epoch))
+
+    # the log holds every term of the objective (their sum, the total, aside), per image
+    trainer.fit(loader, args.epochs, step, after_epoch=after_epoch, logged=terms_but_total,
+                weigh=batch_size)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Train AffinityNet on the CRF-confident regions of the seeds (PSA, as MCTformer runs it;
 ``psa/train_aff.py``). The second stage: seeds -> affinities -> (infer_aff.py) masks.
+Flags -> the CRF-confident dataset (``datasets.affinity_data``), AffinityNet
+(``models.registry.build_affinity_net``) and poly SGD -> ``engine.training.Trainer.fit``,
+whose epochs run ``engine.refine.affinity_step``.
 
     python infer_PCSS.py --name pcss_voc --load_epo 59 --crf --alphas 1 12
     python train_aff.py --name pcss_voc --weights pretrained/res38_cls.pth
@@ -53,73 +56,52 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def run(args, device, info) -> None:
-    import torch
-    from torch.utils.data.distributed import DistributedSampler
-
     from datasets.affinity_data import AffinityDataset
     from datasets.layout import layout
-    from datasets.loader import make_loader, reseed
-    from engine.refine import train_one_epoch
     from engine.common import prepare_model
+    from engine.refine import affinity_step
     from engine.run_folder import RunFolder
+    from engine.training import Trainer
     from models.registry import (aff_recipe, affinity_stride, build_affinity_net,
                                  resolve_init_weights)
     from utils.args import check_training_length, with_defaults
-    from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.lists import read_id_list
-    from utils.logger import RunLog
     from utils.optim import PolySGD
-    from utils.runtime import autocast_context, seed_everything
+    from utils.runtime import autocast_context
 
     lay = layout(args.data_set, args.data_path)
     # the values that depend on other flags; args stays as parsed (what last.pth stores)
     opt = with_defaults(args, backbone=lay.dataset.backbone, **aff_recipe(args.recipe))
     run_dir = RunFolder(args.name)
     final = run_dir.trained_weights("affinity", opt.backbone)     # what infer_aff.py loads
-    out_dir = run_dir.stage_dir("affinity", opt.backbone)
-    last = run_dir.last_checkpoint("affinity", opt.backbone)
     la_dir, ha_dir = run_dir.crf_dirs(args.la_crf_dir, args.ha_crf_dir)
     autocast_context(device, args.amp)
     weights = resolve_init_weights(opt.backbone, args.weights, "affinity")
     train_list = args.train_list or lay.train_list
-    stride = affinity_stride(opt.backbone)
     dataset = AffinityDataset(lay, read_id_list(train_list), la_dir, ha_dir, args.crop_size,
-                              stride)
+                              affinity_stride(opt.backbone))
     check_training_length("--max_epoches", opt.epochs, args.batch_size, info.world_size,
                           len(dataset), train_list)
     steps = len(dataset) // (args.batch_size * info.world_size)
     max_step = steps * opt.epochs
 
-    claim_run(last, out_dir, args.resume, args.overwrite, info)
-    log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
-    seed_everything(args.seed + info.rank)
+    trainer = Trainer(args, device, info, run_dir.last_checkpoint("affinity", opt.backbone),
+                      run_dir.stage_dir("affinity", opt.backbone), weights=final)
     net, info_w = build_affinity_net(opt.backbone, radius=args.radius, weights=weights)
     model = prepare_model(net, device, info, args.compile)
     momentum = args.weight_decay if args.momentum is None else args.momentum
     optimizer = PolySGD(net.param_groups(opt.lr, args.weight_decay), max_step, momentum=momentum)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    start_epoch = start_training(
-        last, log, args, f"AffinityNet ({opt.backbone}, radius {args.radius}) on "
+    trainer.start(
+        net, model, optimizer, f"AffinityNet ({opt.backbone}, radius {args.radius}) on "
         f"{len(dataset)} images, {steps} steps per epoch, {max_step} steps; weights "
         f"{weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh tensors, "
-        f"{len(info_w['dropped'])} file tensors unused", net, optimizer, scaler, info,
+        f"{len(info_w['dropped'])} file tensors unused",
         resolved={"weights": weights or "none", "train_list": train_list,
                   "la_crf_dir": la_dir, "ha_crf_dir": ha_dir, "backbone": opt.backbone,
                   "lr": opt.lr, "epochs": opt.epochs})
-    sampler = (DistributedSampler(dataset, info.world_size, info.rank, shuffle=True,
-                                  seed=args.seed, drop_last=True) if info.distributed else None)
-    loader = make_loader(dataset, args.batch_size, args.num_workers, device, shuffle=True,
-                         sampler=sampler, drop_last=True, persistent=True)
-    for epoch in range(start_epoch, opt.epochs):
-        stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        stats.update(train_one_epoch(model, reseed(loader, args.seed, epoch), optimizer,
-                                     device, epoch, args.radius, args.amp, scaler, info,
-                                     last_good=last))
-        log.epoch(stats)
-        save_training_state(last, epoch, net, optimizer, scaler, args, info, weights=final)
-    log.close()
-    if info.is_main:
-        print(f"saved {final}")
+    trainer.fit(trainer.loader(dataset, args.batch_size), opt.epochs,
+                lambda epoch: affinity_step(model, device, args.radius, args.amp),
+                what="the affinity loss", desc="affinity")
 
 
 if __name__ == "__main__":

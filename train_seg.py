@@ -1,5 +1,8 @@
 """Train the segmentation network on the pseudo masks (MCTformer's
-``seg/train_seg.py``): the third stage, masks -> a DeepLab.
+``seg/train_seg.py``): the third stage, masks -> a DeepLab. Flags -> the pseudo-mask
+dataset and its batch stream (``datasets.segmentation_data``), the network
+(``models.registry.build_segmentation_net``) and poly SGD -> ``engine.training.Trainer.fit``,
+whose epochs run ``engine.segment.segmentation_step``.
 
     python train_seg.py --name pcss_voc --weights pretrained/res38_cls.pth
     python train_seg.py --name pcss_voc --backbone deeplabv2_r101 --weights pretrained/resnet101-63fe2227.pth
@@ -57,24 +60,22 @@ def run(args, device, info) -> None:
     import os
 
     import numpy as np
-    import torch
     from torch.utils.data import DataLoader
 
     from datasets.layout import layout
     from datasets.segmentation_data import SegBatchSampler, SegTrainDataset
     from engine.common import prepare_model
     from engine.run_folder import RunFolder
-    from engine.segment import train_steps
+    from engine.segment import logged_loss, segmentation_step
+    from engine.training import Trainer
     from models.registry import (build_segmentation_net, resolve_init_weights, seg_optim,
                                  seg_recipe)
     from utils.args import check_training_length, with_defaults
-    from utils.checkpoint import claim_run, save_training_state, start_training
     from utils.dist import shard
     from utils.errors import UserError
     from utils.lists import read_id_list
-    from utils.logger import RunLog
     from utils.optim import PolySGD
-    from utils.runtime import autocast_context, seed_everything
+    from utils.runtime import autocast_context
 
     lay = layout(args.data_set, args.data_path)
     train_list = args.train_list or lay.train_list
@@ -84,8 +85,6 @@ def run(args, device, info) -> None:
     opt = with_defaults(args, backbone=backbone, **seg_recipe(backbone, len(ids)))
     run_dir = RunFolder(args.name)
     final = run_dir.trained_weights("segmentation", backbone)  # what infer_seg.py loads
-    out_dir = run_dir.stage_dir("segmentation", backbone)
-    last = run_dir.last_checkpoint("segmentation", backbone)
     mask_dir = run_dir.resolve(args.seg_pgt_path, run_dir.rw_dir, "--seg_pgt_path",
                                "pseudo masks", f"`python infer_aff.py --name {args.name}` "
                                                f"for the training list")
@@ -104,45 +103,36 @@ def run(args, device, info) -> None:
     dataset = SegTrainDataset(lay, list(shard(ids, info))[:each], mask_dir, args.crop_size,
                               args.mask_fill)
 
-    claim_run(last, out_dir, args.resume, args.overwrite, info)
-    log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
-    seed_everything(args.seed + info.rank)
+    trainer = Trainer(args, device, info, run_dir.last_checkpoint("segmentation", backbone),
+                      run_dir.stage_dir("segmentation", backbone), weights=final)
     num_classes = lay.num_classes + 1
     net, info_w = build_segmentation_net(backbone, num_classes, weights=weights)
     model = prepare_model(net, device, info, args.compile)
     sampler = SegBatchSampler(len(dataset), opt.batch_size, opt.epochs)
-    max_step = len(sampler)
     group_wd, momentum = seg_optim(backbone, opt.weight_decay, args.momentum)
-    optimizer = PolySGD(net.param_groups(opt.lr, group_wd), max_step, momentum=momentum)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    start_step = sampler.steps_per_epoch * start_training(
-        last, log, args, f"{backbone} on {len(ids)} pseudo masks of {mask_dir}, "
+    optimizer = PolySGD(net.param_groups(opt.lr, group_wd), len(sampler), momentum=momentum)
+    start_epoch = trainer.start(
+        net, model, optimizer, f"{backbone} on {len(ids)} pseudo masks of {mask_dir}, "
         f"{num_classes} classes, {sampler.steps_per_epoch} steps per epoch x "
         f"{opt.epochs}; weights {weights or 'none (from scratch)'}: "
         f"{len(info_w['fresh'])} fresh tensors, {len(info_w['dropped'])} file tensors unused",
-        net, optimizer, scaler, info,
         resolved={"weights": weights or "none", "train_list": train_list,
                   "seg_pgt_path": mask_dir, "backbone": backbone, "epochs": opt.epochs,
                   "batch_size": opt.batch_size, "lr": opt.lr,
                   "weight_decay": opt.weight_decay})
-    # the batch order is drawn from numpy's stream seeded here; a resumed run redraws it
-    # from the same seed and skips the batches already done
+    # one stream of batches over all epochs, in the reference's order: drawn from numpy's
+    # stream seeded here; a resumed run redraws it from the same seed and skips the batches
+    # already done
     np.random.seed(args.seed + info.rank)
-    sampler.start_batch = start_step
+    sampler.start_batch = sampler.steps_per_epoch * start_epoch
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda",
                         persistent_workers=args.num_workers > 0)
-
-    def end_of_epoch(epoch, stats):
-        stats = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
-        log.epoch(stats)
-        save_training_state(last, epoch, net, optimizer, scaler, args, info, weights=final)
-
-    train_steps(model, loader, optimizer, device, sampler.steps_per_epoch, start_step,
-                args.amp, scaler, info, on_epoch_end=end_of_epoch, last_good=last)
-    log.close()
-    if info.is_main:
-        print(f"saved {final}")
+    # the log's lr is that of each epoch's last step (the reference's)
+    trainer.fit(loader, opt.epochs, lambda epoch: segmentation_step(model, device, args.amp),
+                steps_per_epoch=sampler.steps_per_epoch, lr_after_epoch=True,
+                what="the segmentation loss", logged=logged_loss, desc="segmentation",
+                postfix_every=10)
 
 
 if __name__ == "__main__":

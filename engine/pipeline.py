@@ -804,7 +804,7 @@ def summarize(plan: List[Stage], state: dict, data_set: str) -> dict:
         out.update(miou=r["best_miou"], threshold=r["best_threshold"], class_iou=r["class_iou"])
     if "seeds_train" in spaces:
         ns = spaces["seeds_train"]
-        out.update(seed=ns.seed, W=list(ns.W))
+        out.update(seed=ns.seed, W=[ns.w_fss, ns.w_mpc])
     if "toy_data" in spaces:
         out.update(shortcut=spaces["toy_data"].shortcut,
                    num_images=spaces["toy_data"].num_images)

@@ -1,54 +1,36 @@
-"""The loops of the refinement stage (PSA, as in MCTformer's ``psa/``): ``train_one_epoch`` of
-AffinityNet on the CRF-confident labels, and ``random_walk_masks``, which spreads each
-image's seeds along the learned affinities into a pseudo mask; ``train_aff.py`` and
-``infer_aff.py`` wire them together."""
+"""The loops of the refinement stage (PSA, as in MCTformer's ``psa/``): ``affinity_step``, the
+training step of AffinityNet on the CRF-confident labels (``engine.training`` runs it), and
+``random_walk_masks``, which spreads each image's seeds along the learned affinities into a
+pseudo mask; ``train_aff.py`` and ``infer_aff.py`` wire them together."""
 from __future__ import annotations
 
-import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
+from engine.training import Step
 from wsss.affinity import (affinity_labels, affinity_loss, random_walk, rw_background,
                             sparse_affinity)
-from utils.dist import DistInfo, all_reduce_sum
 from wsss.scorefile import load_cam_dict
 from wsss.scorefile import score_file
 from utils.runtime import autocast_context
 
-LOSS_NAMES = ("bg", "fg", "neg", "total")
 
-
-def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int, radius: int,
-                    amp: str = "none", scaler=None, info: DistInfo = DistInfo(),
-                    progress: bool = True, last_good: Optional[str] = None
-                    ) -> Dict[str, float]:
-    """One epoch of AffinityNet (docs/method.md, Affinity loss; ``optimizer`` a ``PolySGD``
-    with its poly schedule per step). Returns the epoch means ``loss_<term>`` over all ranks."""
-    model.train()
-    sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64, device=device)
-    bar = tqdm(loader, desc=f"affinity {epoch}", unit="batch", dynamic_ncols=True,
-               disable=not (progress and info.is_main))
-    for step, (images, y) in enumerate(bar):
+def affinity_step(model, device: torch.device, radius: int, amp: str = "none") -> Step:
+    """The training step of AffinityNet (for ``engine.training.train_epoch``; docs/method.md,
+    Affinity loss): a batch ``(images, label maps)`` -> the terms ``bg``, ``fg``, ``neg`` and
+    ``total`` of ``affinity_loss`` on the labels' pairs within ``radius``."""
+    def step(batch) -> Dict[str, torch.Tensor]:
+        images, y = batch
         images = images.to(device, non_blocking=True)
         bg, fg, neg = affinity_labels(y.to(device, non_blocking=True), radius)
         with autocast_context(device, amp):
             aff = model(images)
-        L = affinity_loss(aff.float(), bg, fg, neg)
-        stop_if_not_finite(L["total"], "the affinity loss", f"at epoch {epoch}, step {step}",
-                           last_good, divergence_hint(amp))
-        optimizer_step(L["total"], optimizer, scaler)
-        sums[:-1] += torch.stack([L[k].detach().double() for k in LOSS_NAMES])
-        sums[-1] += 1
-        if step % 5 == 0:
-            bar.set_postfix(loss=f"{float(sums[3] / sums[-1]):.4f}", refresh=False)
-    sums = all_reduce_sum(sums, info)
-    n = max(float(sums[-1]), 1.0)
-    return {f"loss_{k}": float(sums[i]) / n for i, k in enumerate(LOSS_NAMES)}
+        return affinity_loss(aff.float(), bg, fg, neg)
+    return step
 
 
 def pad_to_stride(image: torch.Tensor, stride: int = 8) -> torch.Tensor:

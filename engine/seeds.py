@@ -1,6 +1,7 @@
-"""The loops of the seed stage (deit's ``engine.py`` habit): ``train_one_epoch``,
-``fim_round``, ``generate_seeds`` and ``validate`` take explicit arguments and return plain
-values; ``train_PCSS.py`` and ``infer_PCSS.py`` wire them together."""
+"""The loops of the seed stage (deit's ``engine.py`` habit): ``pcss_step`` (the training
+step ``engine.training`` runs), ``fim_round``, ``generate_seeds`` and ``validate`` take
+explicit arguments and return plain values; ``train_PCSS.py`` and ``infer_PCSS.py`` wire them
+together."""
 from __future__ import annotations
 
 import os
@@ -12,10 +13,10 @@ import torch
 from tqdm import tqdm
 
 from datasets.classification import load_image
-from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
-from models.pcss import PCSSConfig
+from engine.training import Step
+from models.pcss import PCSSObjective
 from wsss.cam import cam_dict
-from utils.dist import DistInfo, all_reduce_sum, barrier
+from utils.dist import DistInfo, barrier
 from wsss.metrics import cam_miou, first_peak
 from wsss.frequency import FrequencyInfluence
 from wsss.scorefile import save_cam_dict
@@ -25,43 +26,23 @@ from wsss.scorefile import CAM_SCALE, CRF_SCALE, FORMATS, save_score_dict, score
 from utils.runtime import autocast_context
 from utils.vis import cam_panel, save_jpeg, save_label_png
 
-LOSS_NAMES = ("cls", "cls_fss", "cam_fss", "cls_mpc", "cam_mpc")
 
-
-def train_one_epoch(model, loader, optimizer, device: torch.device, epoch: int,
-                    cfg: PCSSConfig, masks: Optional[torch.Tensor], amp: str = "none",
-                    scaler=None, info: DistInfo = DistInfo(), progress: bool = True,
-                    last_good: Optional[str] = None) -> Dict[str, float]:
-    """One epoch of PCSS; returns the epoch means ``loss_<term>`` (over all ranks).
-    A non-finite loss raises ``NonFiniteLoss`` naming ``last_good`` (the checkpoint to go
-    back to) when that file exists."""
-    model.train()
+def pcss_step(model, objective: PCSSObjective, epoch: int, masks: Optional[torch.Tensor],
+              device: torch.device, amp: str = "none") -> Step:
+    """The training step of the seed stage in epoch ``epoch`` (for
+    ``engine.training.train_epoch``): a batch ``(images, labels)`` -> every term of
+    ``objective`` and their ``total`` (``PCSSObjective.losses``; the MPC permutation drawn
+    first, as in the reference). ``masks``: the FIM masks when ``objective.uses_fss(epoch)``,
+    else None."""
     if masks is not None:
         masks = masks.to(device=device, dtype=torch.float32)
-    sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64, device=device)
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
-               disable=not (progress and info.is_main))
-    for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        perm = torch.randperm(images.shape[0]) if cfg.w_mpc > 0 else None
+
+    def step(batch) -> Dict[str, torch.Tensor]:
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        perm = objective.draw_perm(images.shape[0])
         with autocast_context(device, amp):
-            L = cfg.losses(model, images, labels, epoch, masks, perm)
-        total = L["total"]
-        stop_if_not_finite(
-            total, "the loss", lambda: f"at epoch {epoch}, step {step} (" + ", ".join(
-                f"{k}={L[k].detach().item():.4g}" for k in LOSS_NAMES) + ")", last_good,
-            divergence_hint(amp))
-        optimizer_step(total, optimizer, scaler)
-        batch = torch.stack([L[k].detach().double() for k in LOSS_NAMES])
-        sums[:-1] += batch * images.shape[0]
-        sums[-1] += images.shape[0]
-        if bar.disable is False and step % 5 == 0:
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in zip(LOSS_NAMES, batch)
-                             if float(v) != 0}, refresh=False)
-    sums = all_reduce_sum(sums, info)
-    n = max(float(sums[-1]), 1.0)
-    return {f"loss_{k}": float(sums[i]) / n for i, k in enumerate(LOSS_NAMES)}
+            return objective.losses(model, images, labels, epoch, masks, perm)
+    return step
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
-"""The loops of the segmentation stage (MCTformer's ``seg/``): ``train_steps`` over a
-``SegBatchSampler`` stream and ``predict`` (multi-scale, optional flip and CRF) over a list;
-``train_seg.py`` and ``infer_seg.py`` wire them together."""
+"""The loops of the segmentation stage (MCTformer's ``seg/``): ``segmentation_step`` (the
+training step ``engine.training`` runs over a ``SegBatchSampler`` stream) and ``predict``
+(multi-scale, optional flip and CRF) over a list; ``train_seg.py`` and ``infer_seg.py`` wire
+them together."""
 from __future__ import annotations
 
 import os
@@ -12,49 +13,27 @@ import torch
 from tqdm import tqdm
 
 from datasets.classification import load_image
-from engine.common import divergence_hint, optimizer_step, stop_if_not_finite
-from utils.dist import DistInfo, all_reduce_sum
+from engine.training import Step
 from utils.runtime import autocast_context
 from wsss.segmentation import seg_loss, seg_predict
 from utils.vis import save_label_png
 
 
-def train_steps(model, loader, optimizer, device: torch.device, steps_per_epoch: int,
-                first_step: int = 0, amp: str = "none", scaler=None,
-                info: DistInfo = DistInfo(), progress: bool = True,
-                on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
-                last_good: Optional[str] = None) -> None:
-    """Train on every batch of ``loader`` (``(image, mask)`` batches of the reference's
-    stream); after each ``steps_per_epoch`` batches ``on_epoch_end(epoch, {"loss": mean})``
-    runs (checkpoint, log). ``optimizer`` is a ``utils.optim.PolySGD`` (its own poly
-    schedule per step). ``first_step`` is the step a resumed run starts at."""
-    model.train()
-    step = first_step
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    bar = tqdm(loader, desc="segmentation", unit="batch", dynamic_ncols=True,
-               initial=first_step, total=first_step + len(loader),
-               disable=not (progress and info.is_main))
-    for images, masks in bar:
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
+def segmentation_step(model, device: torch.device, amp: str = "none") -> Step:
+    """The training step of the segmentation network (for ``engine.training.train_epoch``):
+    a batch ``(images, masks)`` -> ``total``, the cross-entropy of ``seg_loss`` (label 255
+    ignored)."""
+    def step(batch) -> Dict[str, torch.Tensor]:
+        images, masks = (t.to(device, non_blocking=True) for t in batch)
         with autocast_context(device, amp):
             logits = model(images)
-        loss = seg_loss(logits.float(), masks, ignore_index=255)
-        stop_if_not_finite(loss, "the segmentation loss", f"at step {step}", last_good,
-                           divergence_hint(amp))
-        optimizer_step(loss, optimizer, scaler)
-        total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64,
-                                                                  device=device)])
-        step += 1
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(total[0] / total[1]):.4f}", refresh=False)
-        if step % steps_per_epoch == 0:
-            summed = all_reduce_sum(total, info)
-            if on_epoch_end is not None:
-                on_epoch_end(step // steps_per_epoch - 1,
-                             {"loss": float(summed[0] / summed[1].clamp(min=1))})
-            total.zero_()
-            model.train()
+        return {"total": seg_loss(logits.float(), masks, ignore_index=255)}
+    return step
+
+
+def logged_loss(terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """What the segmentation log holds: the loss, as ``loss``."""
+    return {"loss": terms["total"]}
 
 
 @dataclass

@@ -9,7 +9,7 @@ _HOMES = {"ARCHS": "models.registry", "MCTViT": "models.mct_vit",
           "compile_network": "models.compile", "deit_to_mct": "models.weights",
           "init_from_deit": "models.weights", "load_model_weights": "models.weights",
           "load_state_dict_file": "models.weights", "PCSSConfig": "models.pcss",
-          "pcss_losses": "models.pcss"}
+          "PCSSObjective": "models.pcss", "pcss_losses": "models.pcss"}
 __all__ = list(_HOMES)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -104,9 +105,13 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
                    help="parameter-name patterns (fnmatch) to keep frozen, e.g. "
                         "'patch_embed.*' 'blocks.[0-2].*'")
     g = p.add_argument_group("PCSS (shortcut suppression, phase concentration)")
-    g.add_argument("--W", type=float, nargs=2, default=list(W), metavar=("W_FSS", "W_MPC"),
-                   help="loss weights of shortcut suppression and phase concentration "
-                        "(0 0 is the plain multi-class-token model)")
+    g.add_argument("--W", action=SetEach, targets=("w_fss", "w_mpc"), type=float, nargs=2,
+                   default=argparse.SUPPRESS, metavar=("W_FSS", "W_MPC"),
+                   help=f"loss weights of shortcut suppression and phase concentration "
+                        f"(--w_fss, --w_mpc at once; 0 0 is the plain multi-class-token "
+                        f"model; default {W[0]:g} {W[1]:g})")
+    g.add_argument("--w_fss", type=float, default=W[0], help="shortcut suppression's weight")
+    g.add_argument("--w_mpc", type=float, default=W[1], help="phase concentration's weight")
     g.add_argument("--fim_start_epo", dest="fim_start_epoch", type=int,
                    default=fim_start_epoch, help="first epoch after which a FIM round runs")
     g.add_argument("--fim_interval_epo", dest="fim_interval", type=int, default=3,
@@ -137,6 +142,34 @@ def train_parent(W=(2.0, 2.0), fim_start_epoch: int = 2, mpc_cam_start_epoch: in
                    nargs=3, default=[0.30, 0.60, 0.01], metavar=("START", "STOP", "STEP"))
     add_training_state(g, "ckpt")
     return p
+
+
+class SetEach(argparse.Action):
+    """A flag of several values that sets one destination each (``--W A B`` sets ``w_fss``
+    to A and ``w_mpc`` to B): the reference's flag, the internal names."""
+
+    def __init__(self, option_strings, dest, targets: Sequence[str] = (), **kwargs):
+        self.targets = tuple(targets)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for target, value in zip(self.targets, values):
+            setattr(namespace, target, value)
+
+
+def from_flags(build: Callable, names: Sequence[str], args: argparse.Namespace,
+               parser: argparse.ArgumentParser):
+    """``build(**{name: args.<name>})`` for the option ``names`` (each the ``dest`` of a
+    flag of ``parser``): how a script makes an object from its flags without naming each
+    one. A ``ValueError`` of ``build`` (an invalid option) becomes a ``UserError`` in which
+    the options' names are replaced by their flags (``mpc_block`` -> ``--mpc_idx``)."""
+    try:
+        return build(**{name: getattr(args, name) for name in names})
+    except ValueError as e:
+        flags = {a.dest: a.option_strings[0] for a in parser._actions
+                 if a.option_strings and a.dest in names}
+        raise UserError(re.sub(r"\b\w+\b", lambda m: flags.get(m.group(0), m.group(0)),
+                               str(e))) from None
 
 
 def add_training_state(group, folder: str) -> None:
