@@ -42,7 +42,7 @@ def run(args, device, info) -> None:
     from models import ARCHS, build_arch, compile_network, init_from_deit
     from models.pcss import PCSSObjective
     from models.weights import deit_weights, freeze_parameters
-    from utils.args import check_training_length, from_flags
+    from utils.args import check_training_length, from_flags, run_options
     from utils.checkpoint import atomic_save
     from utils.dist import all_reduce_sum, shard
     from utils.errors import UserError
@@ -77,7 +77,7 @@ def run(args, device, info) -> None:
               if objective.w_fss > 0 else None)
     val_ds = build_dataset(args.data_set, args.data_path, val_list, "infer") if validating else None
 
-    trainer = Trainer(args, device, info, last, run_dir.dir)
+    trainer = Trainer(vars(args), device, info, last, run_dir.dir, **run_options(args))
 
     # ---- model, optimiser, schedule
     model = build_arch(args.arch, lay.num_classes, input_size, args.drop_path)

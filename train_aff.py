@@ -64,7 +64,7 @@ def run(args, device, info) -> None:
     from engine.training import Trainer
     from models.registry import (aff_recipe, affinity_stride, build_affinity_net,
                                  resolve_init_weights)
-    from utils.args import check_training_length, with_defaults
+    from utils.args import check_training_length, run_options, with_defaults
     from utils.lists import read_id_list
     from utils.optim import PolySGD
     from utils.runtime import autocast_context
@@ -85,8 +85,9 @@ def run(args, device, info) -> None:
     steps = len(dataset) // (args.batch_size * info.world_size)
     max_step = steps * opt.epochs
 
-    trainer = Trainer(args, device, info, run_dir.last_checkpoint("affinity", opt.backbone),
-                      run_dir.stage_dir("affinity", opt.backbone), weights=final)
+    trainer = Trainer(vars(args), device, info, run_dir.last_checkpoint("affinity", opt.backbone),
+                      run_dir.stage_dir("affinity", opt.backbone), weights=final,
+                      **run_options(args))
     net, info_w = build_affinity_net(opt.backbone, radius=args.radius, weights=weights)
     model = prepare_model(net, device, info, args.compile)
     momentum = args.weight_decay if args.momentum is None else args.momentum

@@ -70,7 +70,7 @@ def run(args, device, info) -> None:
     from engine.training import Trainer
     from models.registry import (build_segmentation_net, resolve_init_weights, seg_optim,
                                  seg_recipe)
-    from utils.args import check_training_length, with_defaults
+    from utils.args import check_training_length, run_options, with_defaults
     from utils.dist import shard
     from utils.errors import UserError
     from utils.lists import read_id_list
@@ -103,8 +103,9 @@ def run(args, device, info) -> None:
     dataset = SegTrainDataset(lay, list(shard(ids, info))[:each], mask_dir, args.crop_size,
                               args.mask_fill)
 
-    trainer = Trainer(args, device, info, run_dir.last_checkpoint("segmentation", backbone),
-                      run_dir.stage_dir("segmentation", backbone), weights=final)
+    trainer = Trainer(vars(args), device, info, run_dir.last_checkpoint("segmentation", backbone),
+                      run_dir.stage_dir("segmentation", backbone), weights=final,
+                      **run_options(args))
     num_classes = lay.num_classes + 1
     net, info_w = build_segmentation_net(backbone, num_classes, weights=weights)
     model = prepare_model(net, device, info, args.compile)

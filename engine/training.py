@@ -115,38 +115,43 @@ def train_epoch(model: torch.nn.Module, batches: Iterable, step: Step, optimizer
 class Trainer:
     """The skeleton of a training run, in the order every training script follows.
 
-    ``Trainer(args, device, info, last, out_dir)`` claims the run folder
-    (``utils.checkpoint.claim_run``: ``--resume`` / ``--overwrite``), opens the log
-    (``utils.logger.RunLog``) and seeds every RNG with ``args.seed + rank``; the script then
-    builds its network and optimiser (which draw from those RNGs); ``start`` resumes from
-    ``last`` or heads the log; ``loader`` makes the shuffled training loader; ``fit`` runs the
-    epochs (``train_epoch``), logs each one and saves ``last`` after it (and the bare state
-    dict to ``weights``, when given). ``args`` gives ``resume``, ``overwrite``,
-    ``tensorboard``, ``seed``, ``amp`` and ``num_workers``, and is what ``last.pth`` stores.
+    ``Trainer(settings, device, info, last, out_dir, resume=..., overwrite=..., ...)``
+    claims the run folder (``utils.checkpoint.claim_run``: ``resume`` / ``overwrite``), opens
+    the log (``utils.logger.RunLog``, TensorBoard events with ``tensorboard``) and seeds every
+    RNG with ``seed + rank``; the script then builds its network and optimiser (which draw
+    from those RNGs); ``start`` resumes from ``last`` or heads the log; ``loader`` makes the
+    shuffled training loader (``num_workers`` loader processes); ``fit`` runs the epochs
+    (``train_epoch`` under mixed precision ``amp``), logs each one and saves ``last`` after it
+    (and the bare state dict to ``weights``, when given). ``settings`` (a mapping: the run's
+    options as given on the command line) heads the log and is stored in ``last.pth``;
+    ``utils.args.run_options(args)`` gives the keywords from a script's parsed flags.
     """
 
-    def __init__(self, args, device: torch.device, info: DistInfo, last: str, out_dir: str,
-                 weights: Optional[str] = None):
-        self.args, self.device, self.info = args, device, info
+    def __init__(self, settings: Mapping[str, Any], device: torch.device, info: DistInfo,
+                 last: str, out_dir: str, weights: Optional[str] = None, *,
+                 resume: bool = False, overwrite: bool = False, tensorboard: bool = True,
+                 seed: int = 0, amp: str = "none", num_workers: int = 0):
+        self.settings, self.device, self.info = dict(settings), device, info
         self.last, self.weights = last, weights
-        claim_run(last, out_dir, args.resume, args.overwrite, info)
-        self.log = RunLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard)
-        seed_everything(args.seed + info.rank)
+        self.resume, self.seed, self.amp, self.num_workers = resume, seed, amp, num_workers
+        claim_run(last, out_dir, resume, overwrite, info)
+        self.log = RunLog(out_dir, enabled=info.is_main, tensorboard=tensorboard)
+        seed_everything(seed + info.rank)
 
     def start(self, net: torch.nn.Module, model: torch.nn.Module, optimizer, summary: str,
               resolved: Optional[Dict[str, Any]] = None, **others) -> int:
         """Train ``model`` (``net`` made ready: compiled, DDP) with ``optimizer``; ``net``
         (whose state dict is saved), the optimizer, the fp16 gradient scaler (made here
         under ``--amp fp16``) and each ``others[key]`` (a schedule, the FIM) are what
-        ``last.pth`` holds. Resumes from it under ``--resume``; else heads the log with the
-        arguments (``resolved`` replacing some by what they resolved to) and ``summary``.
+        ``last.pth`` holds. Resumes from it with ``resume``; else heads the log with the
+        settings (``resolved`` replacing some by what they resolved to) and ``summary``.
         Returns the first epoch to run."""
         self.net, self.model, self.optimizer, self.others = net, model, optimizer, others
-        self.scaler = (torch.amp.GradScaler(self.device.type) if self.args.amp == "fp16"
+        self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp == "fp16"
                        else None)
-        self.start_epoch = start_training(self.last, self.log, self.args, summary, net,
+        self.start_epoch = start_training(self.last, self.log, self.settings, summary, net,
                                           optimizer, self.scaler, self.info,
-                                          resolved=resolved, **others)
+                                          resolved=resolved, resume=self.resume, **others)
         return self.start_epoch
 
     def loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
@@ -154,9 +159,9 @@ class Trainer:
         it), the last partial batch dropped, each rank its share under torchrun."""
         info = self.info
         sampler = (DistributedSampler(dataset, info.world_size, info.rank, shuffle=True,
-                                      seed=self.args.seed, drop_last=True)
+                                      seed=self.seed, drop_last=True)
                    if info.distributed else None)
-        return make_loader(dataset, batch_size, self.args.num_workers, self.device,
+        return make_loader(dataset, batch_size, self.num_workers, self.device,
                            shuffle=True, sampler=sampler, drop_last=True, persistent=True)
 
     def fit(self, loader: DataLoader, epochs: int, step: Callable[[int], Step], *,
@@ -175,9 +180,9 @@ class Trainer:
         for epoch in range(self.start_epoch, epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             batches = (islice(stream, steps_per_epoch) if stream is not None
-                       else reseed(loader, self.args.seed, epoch))
+                       else reseed(loader, self.seed, epoch))
             means = train_epoch(self.model, batches, step(epoch), self.optimizer, self.scaler,
-                                epoch=epoch, info=self.info, amp=self.args.amp,
+                                epoch=epoch, info=self.info, amp=self.amp,
                                 last_good=self.last, total=steps_per_epoch, **loop)
             if lr_after_epoch:
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -186,7 +191,7 @@ class Trainer:
                 after_epoch(epoch, stats)
             self.log.epoch(stats)
             save_training_state(self.last, epoch, self.net, self.optimizer, self.scaler,
-                                self.args, self.info, weights=self.weights, **self.others)
+                                self.settings, self.info, weights=self.weights, **self.others)
         self.log.close()
         if self.weights and self.info.is_main:
             print(f"saved {self.weights}")

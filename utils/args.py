@@ -220,6 +220,14 @@ def with_defaults(args: argparse.Namespace, **defaults) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **resolved})
 
 
+def run_options(args: argparse.Namespace) -> dict:
+    """The flags that decide how a training run runs (``engine.training.Trainer``'s
+    keywords): ``--resume``, ``--overwrite``, TensorBoard, ``--seed``, ``--amp`` and the
+    loader's ``--num_workers``."""
+    return {k: getattr(args, k) for k in ("resume", "overwrite", "tensorboard", "seed", "amp",
+                                          "num_workers")}
+
+
 def positive_float(text: str) -> float:
     """argparse type of a number that must be > 0 (image scales)."""
     value = float(text)

@@ -5,7 +5,7 @@ import os
 import pickle
 import random
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -126,27 +126,29 @@ def claim_run(last: str, log_dir: str, resume: bool, overwrite: bool,
     barrier(info)
 
 
-def start_training(path: str, log, args, summary: str, model, optimizer, scaler=None,
-                   info: DistInfo = DistInfo(), resolved: Optional[Dict[str, Any]] = None,
+def start_training(path: str, log, settings: Mapping[str, Any], summary: str, model,
+                   optimizer, scaler=None, info: DistInfo = DistInfo(),
+                   resolved: Optional[Dict[str, Any]] = None, resume: bool = False,
                    **others) -> int:
-    """The first epoch of every training script: with ``args.resume``, ``resume_training``
-    from ``path``; else 0, after heading the log with the arguments and ``summary``.
-    ``resolved`` replaces arguments in the log by what they resolved to (the weight file
-    actually loaded for a ``None`` default, the list actually read), leaving ``args`` (what
-    ``last.pth`` stores) as given."""
-    if args.resume:
+    """The first epoch of every training run: with ``resume``, ``resume_training`` from
+    ``path``; else 0, after heading the log with ``settings`` (the run's options) and
+    ``summary``. ``resolved`` replaces settings in the log by what they resolved to (the
+    weight file actually loaded for a ``None`` default, the list actually read), leaving
+    ``settings`` (what ``last.pth`` stores) as given."""
+    if resume:
         return resume_training(path, log, model, optimizer, scaler, info, **others)
-    log.header({**vars(args), **(resolved or {})})
+    log.header({**settings, **(resolved or {})})
     log.text(summary)
     return 0
 
 
-def save_training_state(path: str, epoch: int, model, optimizer, scaler, args,
-                        info: DistInfo = DistInfo(), weights: str = None, **others) -> None:
+def save_training_state(path: str, epoch: int, model, optimizer, scaler,
+                        settings: Mapping[str, Any], info: DistInfo = DistInfo(),
+                        weights: str = None, **others) -> None:
     """After ``epoch``: everything ``resume_training`` needs (model, optimizer, scaler,
-    ``others``' state dicts, every rank's RNG states, the arguments) to ``path``, and the bare
-    state dict to ``weights`` when given; atomically, on the main process (the RNG gathering
-    is collective: every rank calls this)."""
+    ``others``' state dicts, every rank's RNG states, the run's ``settings``) to ``path``,
+    and the bare state dict to ``weights`` when given; atomically, on the main process (the
+    RNG gathering is collective: every rank calls this)."""
     rng = gather_rng_states(info)
     if not info.is_main:
         return
@@ -155,5 +157,5 @@ def save_training_state(path: str, epoch: int, model, optimizer, scaler, args,
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     state.update({key: obj.state_dict() for key, obj in others.items()})
     state.update(scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch,
-                 rng=rng, args=vars(args))
+                 rng=rng, args=dict(settings))
     atomic_save(state, path)

@@ -1,7 +1,6 @@
 """``engine.training``: the meter's weighted means, the shared epoch loop (it logs whatever
 terms a step returns, stops on a non-finite loss), and the ``Trainer`` skeleton (log lines,
 last.pth, a resumed run equal to an uninterrupted one, epochs cut from one stream)."""
-import argparse
 import json
 import os
 
@@ -118,9 +117,9 @@ def test_the_seed_loop_logs_an_objective_term_it_never_named():
     assert got["loss_cls_mpc"] > 0 and got["loss_cls_fss"] == 0
 
 
-def args_for(resume=False, seed=0):
-    return argparse.Namespace(resume=resume, overwrite=False, tensorboard=False, seed=seed,
-                              amp="none", num_workers=0)
+def options(resume=False, seed=0):
+    return dict(resume=resume, overwrite=False, tensorboard=False, seed=seed, amp="none",
+                num_workers=0)
 
 
 def train_linear(folder, epochs, resume=False, lr=0.05, stream=None):
@@ -128,9 +127,9 @@ def train_linear(folder, epochs, resume=False, lr=0.05, stream=None):
     ``(loader, steps_per_epoch)``, when given); returns its log lines."""
     from utils.dist import DistInfo
 
-    trainer = Trainer(args_for(resume), torch.device("cpu"), DistInfo(),
+    trainer = Trainer({"lr": lr}, torch.device("cpu"), DistInfo(),
                       os.path.join(folder, "last.pth"), folder,
-                      weights=os.path.join(folder, "final.pth"))
+                      weights=os.path.join(folder, "final.pth"), **options(resume))
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
@@ -171,3 +170,15 @@ def test_trainer_cuts_a_stream_into_epochs(tmp_path):
     assert [l["loss_mse"] for l in lines] == pytest.approx(
         [(losses[0] + losses[1]) / 2, (losses[2] + losses[3]) / 2,
          (losses[4] + losses[5]) / 2])
+
+
+def test_run_options_are_the_trainers_keywords():
+    import inspect
+
+    from utils.args import run_options, script_parser, training_state_parent
+
+    keywords = {name for name, p in inspect.signature(Trainer).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    parser = script_parser("a training script", training_state_parent("run"))
+    opts = run_options(parser.parse_args(["--name", "x", "--seed", "3"]))
+    assert set(opts) == keywords and opts["seed"] == 3 and opts["resume"] is False
