@@ -65,7 +65,7 @@ def test_scripts_define_only_parser_main_run():
 
 
 def test_tests_never_import_a_script_module():
-    for f in glob.glob(os.path.join(ROOT, "tests", "*.py")):
+    for f in glob.glob(os.path.join(ROOT, "tests", "**", "*.py"), recursive=True):
         assert not project_imports(f) & set(SCRIPTS), f
 
 

@@ -19,7 +19,7 @@ from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from utils.errors import UserError
 from wsss.segmentation import seg_loss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 LAYOUT = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "resnet38_state_dict.json")
 AFF_HEAD = ["f8_3.weight", "f8_4.weight", "f8_5.weight", "f9.weight"]
 SEG_HEAD = ["fc8_seg_conv1.weight", "fc8_seg_conv1.bias", "fc8_seg_conv2.weight",

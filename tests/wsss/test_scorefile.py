@@ -28,7 +28,7 @@ from wsss.pseudo import crf_score_dict, pseudo_label, score_dict_label
 from wsss.scorefile import (CAM_SCALE, CRF_SCALE, MAGIC, decode_score_dict,
                              encode_score_dict, load_score_dict, save_score_dict, score_file)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 needs_crf = pytest.mark.skipif(not crf_available(), reason="pydensecrf2 not installed")
 
 

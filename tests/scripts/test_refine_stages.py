@@ -37,7 +37,7 @@ from wsss.pseudo import crf_score_dict
 pytestmark = pytest.mark.skipif(not crf_available(), reason="the CRF score dicts need "
                                                             "pydensecrf2")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
 NET = EVAL + ["--device", "cpu"]
 ALPHAS = ("1", "8")          # low alpha: confident foreground; high alpha: confident background

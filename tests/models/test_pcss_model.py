@@ -15,7 +15,9 @@ from models.weights import load_state_dict_file
 from wsss.cam import cam_dict
 from utils.errors import UserError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import ROOT
+
+HERE = os.path.join(ROOT, "tests")
 
 
 def small(C=3, S=64, D=32, depth=3, heads=2, dpr=0.0, dtype=torch.float64, seed=0):

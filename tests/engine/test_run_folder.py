@@ -12,7 +12,7 @@ from engine.run_folder import CRF_ALPHAS, EXPERIMENTS, RunFolder, backbone_folde
 from utils.args import with_defaults
 from utils.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def test_paths_relative_to_the_working_directory_or_a_root(tmp_path):

@@ -16,7 +16,7 @@ from engine.pipeline import AMBIGUOUS, read_state, route_flags
 from engine.run_folder import RunFolder
 from utils.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 ENV = {**os.environ, "PYTHONPATH": ROOT}
 DEIT = "deit_small_patch16_224-cd65a155.pth"
 

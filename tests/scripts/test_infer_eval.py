@@ -27,7 +27,7 @@ from wsss.metrics import cam_miou
 from wsss.scorefile import load_cam_dict
 from wsss.pseudo import crf_score_dict, pseudo_label, score_dict_label
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
 DATA = EVAL + ["--arch", "toy", "--device", "cpu"]   # compared with CPU results
 THRESHOLDS = ["--thresholds", "0.30", "0.80", "0.01"]

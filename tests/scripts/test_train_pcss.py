@@ -10,7 +10,7 @@ import torch
 
 from engine.run_folder import RunFolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 TRAIN = os.path.join(ROOT, "train_PCSS.py")
 
 

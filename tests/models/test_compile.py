@@ -14,6 +14,7 @@ from models import build_model, compile_network, pcss_losses
 from models.compile import is_compiled
 from wsss.cam import cam_dict
 from wsss.frequency import FrequencyInfluence
+from helpers import shared_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*CUDA.*")
 
@@ -264,25 +265,22 @@ def test_ddp_wraps_the_compiled_network():
         dist.destroy_process_group()
 
 
-def _conform(shared_fixture):
-    path = os.path.join(os.path.dirname(os.path.dirname(shared_fixture("s1.npz"))),
-                        "tools", "conform.py")
-    if not os.path.isfile(path):
-        pytest.skip(f"{path} not present")
+def _conform():
+    path = shared_fixture("tools/conform.py")
     spec = importlib.util.spec_from_file_location("pcss_conform", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_float64_fixture_through_the_compiled_network(shared_fixture, monkeypatch):
+def test_float64_fixture_through_the_compiled_network(monkeypatch):
     """The reference fixture s1 (float64), every model part of the conformance tool, with
     ``build_model`` returning compiled networks: agreement to 1e-8 (1e-6 for gradients)."""
     import numpy as np
 
     import models
 
-    conform = _conform(shared_fixture)
+    conform = _conform()
     eager_build = models.build_model
     monkeypatch.setattr(models, "build_model", lambda **kw: compile_network(eager_build(**kw),
                                                                         backend=BACKEND))
@@ -294,7 +292,7 @@ def test_float64_fixture_through_the_compiled_network(shared_fixture, monkeypatc
         errors.append((name, conform.rel(got, want), 1e-6 if name.startswith("grad") else 1e-8))
 
     monkeypatch.setattr(conform, "check", check)
-    f = np.load(shared_fixture("s1.npz"))
+    f = np.load(shared_fixture("fixtures/s1.npz"))
     for part in ("fwd", "mix", "infer", "train", "fim"):
         getattr(conform, "part_" + part)(f)
     assert all(conform.results), "a conformance step failed"

@@ -14,7 +14,7 @@ from datasets.toy import make_toy
 from engine.run_folder import RunFolder
 from models import build_arch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 DATA = ["--data-set", "TOY", "--data-path", "toy", "--arch", "toy", "--num_workers", "0",
         "--device", "cpu"]
 

@@ -30,7 +30,7 @@ from utils.errors import UserError
 from utils.io import load_npy_dict, read_label_png
 from utils.lists import read_id_list
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 # VOC fixture: id -> object names of its XML (parts excluded); which ids have aug masks.
 VOC_OBJECTS = {"2007_000001": ["dog", "person"], "2007_000002": ["aeroplane"],
