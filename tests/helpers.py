@@ -8,9 +8,12 @@ import sys
 
 import pytest
 
+from wsss.crf import crf_available
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}      # for subprocesses that run beside each other
+needs_crf = pytest.mark.skipif(not crf_available(), reason="pydensecrf2 not installed")
 
 
 def python(*argv, cwd=ROOT, env=None, timeout=300):

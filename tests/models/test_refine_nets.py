@@ -1,156 +1,24 @@
-"""The refinement and segmentation layer (PSA, MCTformer's seg/) against literal restatements
-(bench/reference.py) for configurations other than the fixture's: radii, sizes, class
-counts, betas, logt, both background rules; the networks' layouts, freezing, shapes,
-gradients and weight files; PolySGD; multi-scale prediction; the CRF."""
+"""The refinement and segmentation networks (PSA's AffinityNet, MCTformer's seg/): ResNet-38's
+layouts (against ../shared/fixtures/resnet38_state_dict.json), freezing and weight files,
+the affinities against the embedding, torchvision's ResNet-50 file, the other backbones'
+shapes and gradients, DeepLabV2's layout and parameter groups."""
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from bench.reference import (literal_affinity_labels, literal_label_map, literal_pairs,
-                             literal_poly_sgd, literal_random_walk, literal_seg_predict)
+from bench.reference import literal_pairs
 from models.backbones import ResNet50Aff, ToyAff, ToySeg
 from models.deeplab import build_deeplabv2
 from models.registry import (affinity_stride, build_affinity_net, load_affinity_net,
                              load_segmentation_net)
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
-from wsss.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
-                            dense_affinity, pair_indices, pair_offsets, random_walk,
-                            rw_background, sparse_affinity)
-from wsss.crf import crf_available, crf_with_alpha, dense_crf
 from utils.errors import UserError
-from utils.optim import PolySGD
-from wsss.segmentation import seg_loss, seg_predict
+from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
+from wsss.segmentation import seg_loss
 
 from helpers import ROOT
-
-
-# ------------------------------------------------------------------------------- pairs
-@pytest.mark.parametrize("h,w,r", [(7, 9, 3), (10, 12, 4), (11, 13, 5), (9, 17, 5)])
-def test_pairs_match_literal(h, w, r):
-    offs, froms, tos = literal_pairs(h, w, r)
-    assert pair_offsets(r) == offs
-    assert len(offs) == {3: 12, 4: 22, 5: 34}[r]
-    i_from, i_to = pair_indices(h, w, r)
-    assert i_from.dtype == i_to.dtype == torch.int64
-    np.testing.assert_array_equal(i_from.numpy(), froms)
-    np.testing.assert_array_equal(i_to.numpy(), tos)
-
-
-def test_grids_too_small_for_the_radius_have_no_pairs():
-    """As the reference's slicing gives: no pairs, so the walk's matrix is the identity."""
-    for h, w in ((4, 20), (9, 8), (3, 3)):
-        i_from, i_to = pair_indices(h, w, 5)
-        assert i_from.numel() == i_to.numel() == 0
-        M = dense_affinity(torch.zeros(34, 0), h, w, 5)
-        assert torch.equal(M, torch.eye(h * w))
-        scores = torch.rand(2, 8 * h, 8 * w)
-        torch.testing.assert_close(random_walk(scores, sparse_affinity(torch.zeros(34, 0), h, w,
-                                                                       5)),
-                                   random_walk(scores, M))
-
-
-@pytest.mark.parametrize("r", [3, 4, 5])
-def test_affinity_labels_match_literal_batched(r):
-    g = np.random.default_rng(r)
-    y = g.choice([0, 1, 2, 3, 255], size=(3, 10, 12), p=[0.4, 0.2, 0.15, 0.1, 0.15])
-    got = affinity_labels(torch.from_numpy(y), r)
-    for b in range(3):
-        want = literal_affinity_labels(y[b], r)
-        for t, u in zip(got, want):
-            assert t.dtype == torch.float32
-            np.testing.assert_array_equal(t[b].numpy(), u)
-
-
-@pytest.mark.parametrize("S,n", [(40, 1), (44, 3), (37, 2)])
-def test_label_map_matches_literal(S, n):
-    g = np.random.default_rng(S)
-    la = g.random((n + 1, S, S)) ** 3
-    ha = g.random((n + 1, S, S)) ** 3
-    la[:, :9, :9] = 0                         # a block without scores -> 255
-    ha[:, :9, :9] = 0
-    got = affinity_label_map(torch.from_numpy(la), torch.from_numpy(ha), stride=8)
-    assert got.dtype == torch.int64 and got.shape == (-(-S // 8),) * 2
-    np.testing.assert_array_equal(got.numpy(), literal_label_map(la, ha))
-    assert got[0, 0] == 255
-
-
-def test_crop_window_fills_outside():
-    x = torch.arange(2 * 5 * 7, dtype=torch.float64).reshape(2, 5, 7)
-    z = crop_window(x, 6, -2, 3, fill=-1.0)
-    for i in range(6):
-        for j in range(6):
-            r, c = i - 2, j + 3
-            want = x[:, r, c] if 0 <= r < 5 and 0 <= c < 7 else torch.full((2,), -1.0,
-                                                                              dtype=x.dtype)
-            torch.testing.assert_close(z[:, i, j], want)
-    assert crop_window(x, 3, 10, 10).abs().sum() == 0
-
-
-def test_affinity_loss_terms():
-    g = torch.Generator().manual_seed(0)
-    aff = torch.rand(2, 10, 30, generator=g, dtype=torch.float64)
-    bg, fg, neg = ((torch.rand(2, 10, 30, generator=g) > q).double() for q in (0.7, 0.8, 0.6))
-    L = affinity_loss(aff, bg, fg, neg)
-    want_bg = (-(bg * torch.log(aff + 1e-5))).sum() / (bg.sum() + 1e-5)
-    want_neg = (-(neg * torch.log(1 + 1e-5 - aff))).sum() / (neg.sum() + 1e-5)
-    torch.testing.assert_close(L["bg"], want_bg)
-    torch.testing.assert_close(L["neg"], want_neg)
-    torch.testing.assert_close(L["total"], L["bg"] / 4 + L["fg"] / 4 + L["neg"] / 2)
-
-
-# --------------------------------------------------------------------------- the walk
-@pytest.mark.parametrize("H,W,r,beta,logt,c,mode", [
-    (45, 93, 5, 8, 6, 3, "threshold"), (40, 70, 4, 4, 3, 2, "power"),
-    (33, 77, 5, 2, 4, 1, "power"), (50, 50, 4, 8, 8, 4, "threshold")])
-def test_random_walk_matches_literal(H, W, r, beta, logt, c, mode):
-    g = torch.Generator().manual_seed(H)
-    h, w = -(-H // 8), -(-W // 8)
-    K, P = len(pair_offsets(r)), (h - r + 1) * (w - 2 * r + 2)
-    aff = torch.rand(K, P, generator=g, dtype=torch.float64)
-    cams = torch.rand(c - 1, H, W, generator=g, dtype=torch.float64) ** 2
-    bg = rw_background(cams, mode=mode, threshold=0.35, alpha=16)
-    if mode == "power":
-        want_bg = (1 - cams.amax(0)) ** 16 if c > 1 else torch.ones(H, W, dtype=cams.dtype)
-    else:
-        want_bg = torch.full((H, W), 0.35, dtype=cams.dtype)
-    torch.testing.assert_close(bg, want_bg)
-    scores = torch.cat([bg[None], cams])
-    want = literal_random_walk(scores.numpy(), aff.numpy(), r, beta, logt)
-    M = dense_affinity(aff, h, w, r)
-    Ms = sparse_affinity(aff[None], h, w, r)
-    torch.testing.assert_close(Ms.to_dense(), M)
-    dense = random_walk(scores, M, beta=beta, logt=logt)
-    sparse = random_walk(scores, Ms, beta=beta, logt=logt)
-    assert dense.shape == (c, H, W)
-    np.testing.assert_allclose(dense.numpy(), want, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(sparse.numpy(), want, rtol=1e-7, atol=1e-10)
-    np.testing.assert_array_equal(sparse.argmax(0).numpy(), want.argmax(0))
-
-
-def test_sparse_walk_in_float32_agrees_with_squaring():
-    g = torch.Generator().manual_seed(5)
-    H, W, r = 120, 150, 5
-    h, w = 15, 19
-    aff = torch.rand(1, len(pair_offsets(r)), (h - 4) * (w - 8), generator=g)
-    scores = torch.rand(3, H, W, generator=g)
-    dense = random_walk(scores, dense_affinity(aff, h, w, r))
-    sparse = random_walk(scores.half(), sparse_affinity(aff, h, w, r).half())
-    assert sparse.dtype == torch.float32
-    assert float((sparse - dense).norm() / dense.norm()) < 1e-3   # half-precision inputs
-    full = random_walk(scores, sparse_affinity(aff, h, w, r))
-    assert float((full - dense).norm() / dense.norm()) < 1e-5
-    assert torch.equal(full.argmax(0), dense.argmax(0))
-
-
-def test_walk_rejects_a_matrix_of_another_size():
-    with pytest.raises(ValueError, match="does not fit"):
-        random_walk(torch.rand(2, 30, 30), torch.eye(10))
 
 
 # ------------------------------------------------------------------------- networks
@@ -313,77 +181,3 @@ def test_deeplabv2_layout_groups_and_frozen_bn():
     assert [g["weight_decay"] for g in groups] == [5e-4, 5e-4, 0.0]
     assert not any(p.requires_grad for n, p in net.named_parameters() if ".bn" in n)
     assert abs(float(net.aspp[0].weight.std()) - 0.01) < 1e-3
-
-
-# --------------------------------------------------------------------------- PolySGD
-@pytest.mark.parametrize("momentum,max_step", [(5e-4, 5), (1e-5, 3), (0.9, 10)])
-def test_poly_sgd_matches_literal_and_resumes(momentum, max_step):
-    g = torch.Generator().manual_seed(1)
-    p0 = [torch.randn(3, generator=g, dtype=torch.float64) for _ in range(2)]
-    grads = [[torch.randn(3, generator=g, dtype=torch.float64) for _ in range(2)]
-             for _ in range(7)]
-    params = [torch.nn.Parameter(p.clone()) for p in p0]
-    opt = PolySGD([{"params": [params[0]], "lr": 0.1, "weight_decay": 0.01},
-                   {"params": [params[1]], "lr": 1.0}], max_step, momentum=momentum)
-    history, lrs = literal_poly_sgd(p0, grads, [0.1, 1.0], [0.01, 0.0], max_step, momentum)
-    for t, gs in enumerate(grads):
-        for p, d in zip(params, gs):
-            p.grad = d.clone()
-        opt.step()
-        assert [grp["lr"] for grp in opt.param_groups] == pytest.approx(lrs[t], rel=1e-12)
-        for p, want in zip(params, history[t]):
-            torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-14)
-        if t == 3:   # a resumed optimiser continues identically
-            state = opt.state_dict()
-            opt = PolySGD([{"params": [params[0]], "lr": 0.1, "weight_decay": 0.01},
-                           {"params": [params[1]], "lr": 1.0}], max_step, momentum=momentum)
-            opt.load_state_dict(state)
-            assert opt.global_step == 4
-    assert opt.global_step == 7
-
-
-# ---------------------------------------------------------------------- segmentation
-@pytest.mark.parametrize("scales,flip,merge", [((0.5, 1.0, 1.5), False, "max"),
-                                               ((0.75, 1.25), True, "mean"),
-                                               ((1.0,), True, "max")])
-def test_seg_predict_matches_view_by_view(scales, flip, merge):
-    torch.manual_seed(0)
-    net = ToySeg(6).double().eval()
-    x = torch.randn(1, 3, 53, 70, dtype=torch.float64)
-    with torch.no_grad():
-        got = seg_predict(net, x, scales=scales, flip=flip, merge=merge)
-        want = literal_seg_predict(net, x, scales, flip, merge)
-    assert got.shape == (6, 53, 70)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    if merge == "mean":
-        torch.testing.assert_close(got.sum(0), torch.ones(53, 70, dtype=got.dtype))
-
-
-def test_seg_loss_ignores_255_and_upsamples():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 4, 6, 6, generator=g, dtype=torch.float64)
-    target = torch.randint(0, 4, (2, 41, 41), generator=g)
-    target[0, :10] = 255
-    up = F.interpolate(logits, size=(41, 41), mode="bilinear", align_corners=False)
-    logp = F.log_softmax(up, 1)
-    keep = target != 255
-    want = -logp.permute(0, 2, 3, 1)[keep].gather(1, target[keep][:, None]).mean()
-    torch.testing.assert_close(seg_loss(logits, target), want)
-
-
-# -------------------------------------------------------------------------------- CRF
-@pytest.mark.skipif(not crf_available(), reason="pydensecrf2 not installed")
-def test_crf_shapes_many_labels_and_alpha():
-    g = np.random.default_rng(0)
-    rgb = g.integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    probs = g.random((81, 30, 40)).astype(np.float32)
-    q = dense_crf(rgb, probs / probs.sum(0), kind="seg")
-    assert q.shape == (81, 30, 40) and q.dtype == np.float32
-    np.testing.assert_allclose(q.sum(0), 1, rtol=1e-4)
-    cams = g.random((2, 30, 40))
-    s = crf_with_alpha(rgb, cams, 4)
-    assert s.shape == (3, 30, 40) and s.dtype == np.float32
-    low, high = crf_with_alpha(rgb, cams, 1)[0].mean(), crf_with_alpha(rgb, cams, 32)[0].mean()
-    assert low > high           # a higher alpha leaves less background
-    with pytest.raises(ValueError, match="kind"):
-        dense_crf(rgb, probs[:3], kind="other")

@@ -15,11 +15,12 @@ import torch.nn as nn
 
 from bench.reference_refine import ref_affinities
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
-from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from utils.errors import UserError
+from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from wsss.segmentation import seg_loss
 
 from helpers import ROOT
+
 LAYOUT = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "resnet38_state_dict.json")
 AFF_HEAD = ["f8_3.weight", "f8_4.weight", "f8_5.weight", "f9.weight"]
 SEG_HEAD = ["fc8_seg_conv1.weight", "fc8_seg_conv1.bias", "fc8_seg_conv2.weight",

@@ -3,37 +3,28 @@ that made them (manifests, val_dict/, --overwrite), and bad input or a diverged 
 with a clear message, a distinct exit code and nothing half-written."""
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 
 import pytest
-import torch
 from PIL import Image
 
 from datasets.toy import make_toy
 from engine.run_folder import RunFolder
-from models import build_arch
 
-from helpers import ROOT
+from helpers import ONE_THREAD, run_script, toy_work
+
 DATA = ["--data-set", "TOY", "--data-path", "toy", "--arch", "toy", "--num_workers", "0",
         "--device", "cpu"]
 
 
-def run(script, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+run = partial(run_script, env=ONE_THREAD)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A toy set of 20 images (16 train, 4 val) and two different weight files A and B."""
-    d = tmp_path_factory.mktemp("real_inputs")
-    make_toy(str(d / "toy"), 20, seed=1)
-    for seed, name in ((0, "A.pth"), (1, "B.pth")):
-        torch.manual_seed(seed)
-        torch.save(build_arch("toy", 4, 96, drop_path_rate=0.0).state_dict(), d / name)
-    return d
+    return toy_work(tmp_path_factory.mktemp("real_inputs"), 20, seed=1, data="toy",
+                    weights=("A.pth", "B.pth"))
 
 
 def train(work, name, *extra):
@@ -132,11 +123,8 @@ def test_diverged_training_has_its_own_exit_code(work):
 
 def test_torchrun_manifest_and_outputs(work):
     """Two ranks agree on the folder's state before anyone writes (gloo, CPU)."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", os.path.join(ROOT, "infer_PCSS.py"), "--name", "ranks", "--load_pretrained",
-           "A.pth", "--png", "--threshold", "0.5", *DATA]
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    proc = run("infer_PCSS.py", "--name", "ranks", "--load_pretrained", "A.pth", "--png",
+               "--threshold", "0.5", *DATA, cwd=work, nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = work / RunFolder("ranks", work).seed_folder("png")
     assert len(list(png.glob("*.png"))) == 4

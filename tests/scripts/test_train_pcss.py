@@ -2,27 +2,19 @@
 the FIM schedule, resume, torchrun with two CPU processes, and the up-front errors."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from engine.run_folder import RunFolder
 
-from helpers import ROOT
-TRAIN = os.path.join(ROOT, "train_PCSS.py")
+from helpers import ONE_THREAD, run_script
 
 
-def run(args, cwd, timeout=300, torchrun=False):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", TRAIN] + args
-    else:
-        cmd = [sys.executable, TRAIN] + args
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run(args, cwd, timeout=300, nproc=0):
+    """``train_PCSS.py ARGS`` in ``cwd``, one thread per process."""
+    return run_script("train_PCSS.py", *args, cwd=cwd, nproc=nproc, env=ONE_THREAD,
+                      timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +111,7 @@ def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
 
 def test_torchrun_two_cpu_processes(toy):
     args = base_args("ddp", toy, 4) + ["--num_workers", "1", "--fim_ipc", "4"]
-    res = run(args, toy, torchrun=True, timeout=600)
+    res = run(args, toy, nproc=2, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     lines = log_lines(toy, "ddp")
     assert [l["epoch"] for l in lines] == [0, 1, 2, 3]   # each epoch logged once
@@ -141,11 +133,9 @@ def test_missing_data_and_weights_fail_fast(tmp_path):
 
 def test_toy_pretraining_saves_deit_format_that_init_from_deit_loads(toy):
     from models import build_arch, init_from_deit
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_toy.py"), "--name", "pt",
-                           "--data-path", str(toy / "toy"), "--epochs", "1", "--batch_size", "8",
-                           "--num_workers", "0", "--device", "cpu"], cwd=toy,
-                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_script("pretrain_toy.py", "--name", "pt", "--data-path", str(toy / "toy"),
+                      "--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--device",
+                      "cpu", cwd=toy, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-2000:]
     path = RunFolder("pt", toy).pretrained("toy")
     state = torch.load(path, weights_only=True)["model"]
