@@ -5,6 +5,7 @@ import pytest
 from helpers import conform
 
 
-@pytest.mark.parametrize("fixture", ["s1.npz", "deit-s1.npz", "eval3.npz", "r1.npz"])
+@pytest.mark.parametrize("fixture", [pytest.param("s1.npz", marks=pytest.mark.slow), "deit-s1.npz",
+                                     "eval3.npz", pytest.param("r1.npz", marks=pytest.mark.slow)])
 def test_reference_conformance(fixture):
     conform(fixture)

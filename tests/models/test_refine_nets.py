@@ -78,6 +78,7 @@ def test_resnet38_aff_forward_matches_the_embedding(r38_aff):
     torch.testing.assert_close(aff[0], want)
 
 
+@pytest.mark.slow
 def test_resnet38_weight_files(r38_aff, tmp_path):
     """A classifier file without num_batches_tracked, 'module.' keys and an fc8 head: fresh
     and dropped keys reported; missing trunk keys and wrong shapes refused."""
@@ -144,7 +145,8 @@ def test_other_affinity_backbones_shapes_and_gradients(make):
     assert len(groups) == 4 and len(groups[2]["params"]) == 4
 
 
-@pytest.mark.parametrize("make,C", [(lambda C: ToySeg(C), 5), (lambda C: build_deeplabv2(C), 7)])
+@pytest.mark.parametrize("make,C", [(lambda C: ToySeg(C), 5), pytest.param(
+    lambda C: build_deeplabv2(C), 7, marks=pytest.mark.slow)])
 def test_segmentation_backbones_shapes_gradients_round_trip(make, C, tmp_path):
     torch.manual_seed(0)
     net = make(C)

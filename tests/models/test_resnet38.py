@@ -231,6 +231,7 @@ def test_affinity_gradients_reach_the_trunk_but_not_the_stem(aff):
     aff.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_segmentation_logits_loss_and_gradients(seg):
     seg.train()
     H, W = 33, 50

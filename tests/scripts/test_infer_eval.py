@@ -120,6 +120,7 @@ def test_multiscale_averages_before_normalising(work):
         assert not np.allclose(multi[k], one[k], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_skip_existing_and_overwrite(inferred):
     ids = toy_items(inferred).ids
     paths = [exp(inferred, "dict", i + ".npy") for i in ids]
@@ -276,6 +277,7 @@ def test_a_mask_of_another_size_is_one_line_from_the_reading_threads(inferred, t
         proc.stderr.strip().splitlines()[-1]]       # one line besides the progress bar
 
 
+@pytest.mark.slow
 def test_torchrun_splits_the_list_and_matches_one_process(inferred):
     """Two CPU ranks (gloo) write every dict once between them, equal to one process's."""
     proc = run_script("infer_PCSS.py", "--name", "ddp", "--load_pretrained", "w.pth", *DATA,

@@ -32,6 +32,7 @@ def train(work, name, *extra):
                "--finetune", "none", "--val_start_epo", "0", *DATA, *extra, cwd=work)
 
 
+@pytest.mark.slow
 def test_validation_does_not_leave_seeds_for_inference(work):
     """Validation writes val_dict/, never dict/: otherwise inference would take the
     validation's seeds for its own and skip every image."""
@@ -46,6 +47,7 @@ def test_validation_does_not_leave_seeds_for_inference(work):
     assert "0 of this process's 4 already done" in proc.stdout and "wrote 4 images" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_folder_never_mixes_two_weight_files(work):
     dict_dir = work / RunFolder("two", work).dict_dir
     proc = run("infer_PCSS.py", "--name", "two", "--load_pretrained", "A.pth", *DATA, cwd=work)
@@ -80,6 +82,7 @@ def test_outputs_of_unknown_origin_are_not_mixed_in(work):
     assert proc.returncode == 2 and "unknown origin" in proc.stderr and "--overwrite" in proc.stderr
 
 
+@pytest.mark.slow
 def test_settings_are_part_of_the_producer(work):
     first = run("infer_PCSS.py", "--name", "settings", "--load_pretrained", "B.pth", *DATA,
                 cwd=work)
@@ -89,6 +92,7 @@ def test_settings_are_part_of_the_producer(work):
     assert proc.returncode == 2 and "scales [1.0, 0.5]" in proc.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_image_during_training_is_a_clean_message(work, tmp_path):
     make_toy(str(tmp_path / "toy"), 12, seed=2)
     bad = sorted((tmp_path / "toy" / "JPEGImages").glob("*.jpg"))[0]
@@ -102,6 +106,7 @@ def test_corrupt_image_during_training_is_a_clean_message(work, tmp_path):
     assert not os.path.exists(RunFolder("corrupt", tmp_path).ckpt_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--batch_size", "64"], "--batch_size 64 x 1 process(es) is more than the 16 images"),
     (["--epochs", "0"], "--epochs 0: nothing to train"),
@@ -113,6 +118,7 @@ def test_training_arguments_that_cannot_work(work, args, message):
     assert not os.path.exists(RunFolder("bad_args", work).ckpt_dir)
 
 
+@pytest.mark.slow
 def test_diverged_training_has_its_own_exit_code(work):
     proc = train(work, "diverge", "--lr", "1e30", "--warmup-epochs", "0", "--epochs", "2",
                  "--W", "0", "0")
@@ -121,6 +127,7 @@ def test_diverged_training_has_its_own_exit_code(work):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_manifest_and_outputs(work):
     """Two ranks agree on the folder's state before anyone writes (gloo, CPU)."""
     proc = run("infer_PCSS.py", "--name", "ranks", "--load_pretrained", "A.pth", "--png",

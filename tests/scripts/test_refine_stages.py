@@ -33,7 +33,8 @@ from wsss.scorefile import save_cam_dict
 
 from helpers import ONE_THREAD, assert_clean_error, assert_ok, needs_crf, run_script
 
-pytestmark = needs_crf                     # the CRF score dicts
+# every test needs the module's toy set with its CRF score dicts (about 15 s to make)
+pytestmark = [needs_crf, pytest.mark.slow]
 
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
 NET = EVAL + ["--device", "cpu"]

@@ -50,6 +50,7 @@ def full_run(toy):
     return log_lines(toy, "full")
 
 
+@pytest.mark.slow
 def test_four_epochs_write_checkpoints_and_log(toy, full_run):
     ckpt = run_dir(toy, "full") / "ckpt"
     for e in range(4):
@@ -76,6 +77,7 @@ def test_four_epochs_write_checkpoints_and_log(toy, full_run):
     assert "  input_size: 96\n" in text and "  mpc_block: 2\n" in text
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_log(toy, full_run):
     res = run(base_args("resumed", toy, 2), toy)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -89,6 +91,7 @@ def test_resume_gives_the_same_log(toy, full_run):
             assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), (a["epoch"], k)
 
 
+@pytest.mark.slow
 def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
     ckpt = run_dir(toy, "full") / "ckpt"
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
@@ -109,6 +112,7 @@ def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
     assert text.count("arguments:") == 1 and "  finetune: none" in text
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(toy):
     args = base_args("ddp", toy, 4) + ["--num_workers", "1", "--fim_ipc", "4"]
     res = run(args, toy, nproc=2, timeout=600)
@@ -131,6 +135,7 @@ def test_missing_data_and_weights_fail_fast(tmp_path):
     assert not os.path.exists(os.path.dirname(RunFolder("x", tmp_path).dir))
 
 
+@pytest.mark.slow
 def test_toy_pretraining_saves_deit_format_that_init_from_deit_loads(toy):
     from models import build_arch, init_from_deit
     proc = run_script("pretrain_toy.py", "--name", "pt", "--data-path", str(toy / "toy"),
