@@ -3,7 +3,6 @@ layouts (against ../shared/fixtures/resnet38_state_dict.json), freezing and weig
 the affinities against the embedding, torchvision's ResNet-50 file, the other backbones'
 shapes and gradients, DeepLabV2's layout and parameter groups."""
 import json
-import os
 
 import pytest
 import torch
@@ -18,17 +17,13 @@ from utils.errors import UserError
 from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from wsss.segmentation import seg_loss
 
-from helpers import ROOT
+from helpers import shared_fixture
 
 
 # ------------------------------------------------------------------------- networks
 @pytest.fixture(scope="module")
 def r38_layout():
-    path = os.path.join(os.path.dirname(ROOT), "shared", "fixtures",
-                        "resnet38_state_dict.json")
-    if not os.path.isfile(path):
-        pytest.skip(f"reference fixture {path} not present (../shared beside the checkout)")
-    with open(path) as f:
+    with open(shared_fixture("fixtures/resnet38_state_dict.json")) as f:
         return json.load(f)
 
 

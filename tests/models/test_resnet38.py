@@ -6,7 +6,6 @@ restatement, gradients and bf16 autocast. The full-width nets (about 100 M param
 built once per module and run on tiny images; layouts use the meta device."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -19,9 +18,8 @@ from utils.errors import UserError
 from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from wsss.segmentation import seg_loss
 
-from helpers import ROOT
+from helpers import shared_fixture
 
-LAYOUT = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "resnet38_state_dict.json")
 AFF_HEAD = ["f8_3.weight", "f8_4.weight", "f8_5.weight", "f9.weight"]
 SEG_HEAD = ["fc8_seg_conv1.weight", "fc8_seg_conv1.bias", "fc8_seg_conv2.weight",
             "fc8_seg_conv2.bias"]
@@ -29,9 +27,7 @@ SEG_HEAD = ["fc8_seg_conv1.weight", "fc8_seg_conv1.bias", "fc8_seg_conv2.weight"
 
 @pytest.fixture(scope="module")
 def layouts():
-    if not os.path.isfile(LAYOUT):
-        pytest.skip(f"reference fixture {LAYOUT} not present (../shared beside the checkout)")
-    with open(LAYOUT) as f:
+    with open(shared_fixture("fixtures/resnet38_state_dict.json")) as f:
         return {name: {k: tuple(s) for k, s in keys.items()} for name, keys in json.load(f).items()}
 
 
