@@ -1,10 +1,11 @@
-# Two commands matter: `make demo` (toy pipeline end to end) and `make test` (the suite).
+# Two commands matter: `make demo` (toy pipeline end to end) and `make test` (the suite;
+# `make test-fast` is its fast tier, the tests not marked slow).
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo ablation rehearsal
+.PHONY: venv test test-fast demo ablation rehearsal
 
 venv: $(STAMP)
 
@@ -15,6 +16,9 @@ $(STAMP): requirements.txt
 
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(VPY) -m demo

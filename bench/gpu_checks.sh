@@ -30,8 +30,11 @@ timeout 200 "$py" -m bench.bench_scale pool --out "$out" --workers 1 4 8 16 \
 
 echo "== 2+3. rehearsal on the GPU, tests beside it ($((SECONDS - start)) s used so far)"
 left=$((520 - (SECONDS - start)))
-timeout "$left" "$py" -m pytest -q -n 6 -p no:cacheprovider tests/test_scale.py \
-    tests/test_common.py tests/test_infer_eval.py tests/test_train.py tests/test_stages_cli.py \
+timeout "$left" "$py" -m pytest -q -n 6 -p no:cacheprovider tests/wsss/test_scorefile.py \
+    tests/engine/test_pool.py tests/engine/test_segment.py tests/scripts/test_infer_workers.py \
+    tests/utils tests/engine/test_common.py tests/engine/test_run_folder.py \
+    tests/models/test_weights.py tests/datasets/test_loader.py tests/scripts/test_infer_eval.py \
+    tests/wsss/test_pseudo.py tests/scripts/test_train_pcss.py tests/scripts/test_refine_stages.py \
     > "$out/pytest.txt" 2>&1 &
 suite=$!
 timeout "$((left - 20))" "$py" -m bench.rehearsal --work /tmp/rehearsal > "$out/rehearsal.txt" 2>&1

@@ -386,8 +386,8 @@ def literal_poly_sgd(params, grads, lrs, wds, max_step: int, momentum: float,
 
 
 def prefix_sharing_case(net, model=None, reuse_prefix: bool = False):
-    """The shared-prefix check of the tests (``tests/test_models.py``, and through the
-    compiled network ``tests/test_compile.py``): 6 float64 images at 48 px, 4 classes, MPC
+    """The shared-prefix check of the tests (``tests/models/test_pcss_model.py``, and
+    compiled: ``tests/models/test_compile.py``): 6 float64 images at 48 px, 4 classes, MPC
     after block 2 keeping 0.4, epoch 5, weights 1.5 / 0.7, both passes from RNG seed 11.
     ``model`` (default ``net``) runs ``pcss_losses``; ``ref_losses`` runs on ``net`` (the
     reference's full recompute; ``reuse_prefix`` goes to ``pcss_losses``). The inputs come

@@ -2,9 +2,9 @@
 MCTformer's ``psa/`` and ``seg/``), written from the reference code, independently of
 ``wsss/affinity.py``, ``wsss/segmentation.py`` and ``utils/optim.py``.
 
-Used by the tests (``tests/test_affinity.py``, ``test_segmentation.py``, ``test_optim.py``,
-``test_resnet38.py``) as the restatement to compare the project against on configurations
-other than the fixtures', and by benchmarks as the reference-style baseline of the walk.
+Used by the tests (``tests/wsss/test_affinity.py``, ``tests/models/test_resnet38.py``) as
+the restatement to compare the project against on configurations other than the fixtures',
+and by benchmarks as the reference-style baseline of the walk.
 Everything is spelled out pixel by pixel or pair by pair (small inputs only), except
 ``ref_random_walk``, which is the reference's own tensor code (dense matrix, elementwise
 power, column normalisation, ``logt`` squarings) so that it can be timed at VOC size.

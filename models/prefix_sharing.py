@@ -8,7 +8,7 @@ first pass's again. Here the first pass records each block's branch outputs and 
 (``DropPath.draw`` / ``apply_mask``), and recomputes a branch only for the images whose masks
 have differed from the first pass so far (``shared_block_forward``), reusing the recorded
 outputs for the others. Values, gradients and random draws equal those of recomputing every
-block (tests/test_models.py checks this in float64 with drop path 0.5).
+block (tests/models/test_pcss_model.py checks this in float64 with drop path 0.5).
 
 Measured gain (``bench/bench_core.py prefix``: DeiT-S, batch 8 at 224, FSS + MPC, drop path
 0.1, train step with fused AdamW, 2-core Xeon with AMX, float32): 2.40 s with exact sharing

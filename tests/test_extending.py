@@ -11,8 +11,6 @@ import glob
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,8 @@ from PIL import Image
 from datasets.labels import save_label_dict, write_id_list
 from utils.vis import save_label_png
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, python
+
 
 # the registrations run in their modules' namespaces, then the script as `python <script>`
 PROGRAM = """
@@ -87,9 +86,7 @@ def test_the_readme_extending_section_runs_as_written(tmp_path):
     shapes_dataset(str(tmp_path / data))
     argv = [os.path.join(ROOT, words[1]), *words[2:], "--crop_size", "64", "--num_workers",
             "0", "--no-tensorboard", "--device", "cpu"]
-    proc = subprocess.run([sys.executable, "-c", PROGRAM, str(ext), backbone, dataset, *argv],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+    proc = python("-c", PROGRAM, str(ext), backbone, dataset, *argv, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = glob.glob(str(tmp_path / "**" / "seg_net.pth"), recursive=True)
     assert len(saved) == 1

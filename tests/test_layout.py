@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, python
+
 SCRIPTS = sorted(os.path.splitext(os.path.basename(p))[0]
                  for p in glob.glob(os.path.join(ROOT, "*.py")))
 PACKAGES = ("utils", "wsss", "datasets", "models", "engine")
@@ -65,7 +66,7 @@ def test_scripts_define_only_parser_main_run():
 
 
 def test_tests_never_import_a_script_module():
-    for f in glob.glob(os.path.join(ROOT, "tests", "*.py")):
+    for f in glob.glob(os.path.join(ROOT, "tests", "**", "*.py"), recursive=True):
         assert not project_imports(f) & set(SCRIPTS), f
 
 
@@ -73,12 +74,9 @@ def test_registries_are_torch_free_and_every_entry_builds():
     """The names the parsers offer come from the registries (models.registry,
     datasets.layout), which import no torch; every registered net's builder imports and
     every dataset has a layout."""
-    import subprocess
-    import sys
-
     code = ("import sys, models.registry, datasets.layout, utils.args; "
             "sys.exit('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    assert python("-c", code).returncode == 0
     from datasets.layout import DATASETS, layout
     from models.registry import BACKBONES
 

@@ -4,13 +4,11 @@ commands of the README are the Makefile's and CI's."""
 import os
 import re
 import shlex
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, python
 
 
 def readme_commands():
@@ -45,9 +43,7 @@ def parse_check(cmd):
     prog, argv = program_and_args(cmd)
     if prog is None:
         return cmd, None
-    proc = subprocess.run([sys.executable, *prog, *argv, "--print-args"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+    proc = python(*prog, *argv, "--print-args", timeout=120)
     return cmd, proc
 
 

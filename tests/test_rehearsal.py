@@ -3,8 +3,6 @@ README.md, run as printed on a VOC-shaped synthetic folder with the real backbon
 its reduced form (one image per split at half the VOC sizes, one network per stage), so
 that a README command that stops working fails the suite."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,8 @@ import pytest
 from bench.rehearsal import readme_voc_commands, reduce_command
 from utils.lists import read_id_list
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, run_script
+
 README = os.path.join(ROOT, "README.md")
 
 
@@ -36,9 +35,8 @@ def test_the_readme_voc_commands_are_read_in_order_and_only_shortened():
 
 @pytest.mark.slow
 def test_rehearsal_runs_the_readme_commands(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.rehearsal", "--quick", "--work",
-                           str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=1800)
+    proc = run_script("-m bench.rehearsal", "--quick", "--work", str(tmp_path / "work"),
+                      timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "README commands ran as printed" in out and "peak MB" in out

@@ -5,59 +5,35 @@ working directory (tests never import a script module); the rest calls the libra
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from datasets.layout import TOY_CLASSES
-from datasets.toy import make_toy
 from datasets.classification import build_dataset
-from helpers import WritesMarker
+from datasets.layout import TOY_CLASSES
 from engine.run_folder import RunFolder
-from models import build_arch
 from models.weights import load_network
+from utils.errors import UserError
 from wsss.cam import cam_dict, label_classes
 from wsss.crf import crf_available
-from utils.errors import UserError
 from wsss.metrics import cam_miou
 from wsss.scorefile import load_cam_dict
-from wsss.pseudo import crf_score_dict, pseudo_label, score_dict_label
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import (ONE_THREAD, ROOT, WritesMarker, assert_clean_error, python, run_script,
+                     toy_net, toy_work)
+
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
 DATA = EVAL + ["--arch", "toy", "--device", "cpu"]   # compared with CPU results
 THRESHOLDS = ["--thresholds", "0.30", "0.80", "0.01"]
-
-
-def run_script(script, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_clean_error(proc, message):
-    assert proc.returncode != 0, proc.stdout
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-
-
-def toy_net():
-    torch.manual_seed(0)
-    return build_arch("toy", len(TOY_CLASSES), img_size=96, drop_path_rate=0.0).eval()
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A working directory with ``data/`` (12 toy images, 6 of them in val.txt) and
     ``w.pth``, a bare state dict of a randomly initialised toy network."""
-    d = tmp_path_factory.mktemp("infer_eval")
-    make_toy(str(d / "data"), 12, seed=0, val_fraction=0.5)
-    torch.save(toy_net().state_dict(), d / "w.pth")
-    return d
+    return toy_work(tmp_path_factory.mktemp("infer_eval"), 12, val_fraction=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +107,6 @@ def test_vis_jpegs(inferred):
             assert im.size == (W * (1 + len(label_classes(label))), H + 20)
 
 
-def test_pseudo_label_background_wins_ties():
-    cams = {2: np.full((3, 4), 0.4, np.float32)}
-    assert (pseudo_label(cams, 0.4, (3, 4)) == 0).all()
-    assert (pseudo_label(cams, 0.39, (3, 4)) == 3).all()
-    assert (pseudo_label({}, 0.1, (3, 4)) == 0).all()
-
-
 def test_multiscale_averages_before_normalising(work):
     net = toy_net()
     image, label, _ = toy_items(work)[0]
@@ -151,18 +120,7 @@ def test_multiscale_averages_before_normalising(work):
         assert not np.allclose(multi[k], one[k], atol=1e-3)
 
 
-@pytest.mark.skipif(not crf_available(), reason="pydensecrf2 not installed")
-def test_crf_label_follows_the_cam():
-    rgb = np.full((40, 40, 3), 30, np.uint8)
-    rgb[10:30, 10:30] = 220
-    cam = np.zeros((40, 40), np.float32)
-    cam[12:28, 12:28] = 0.9
-    scores = crf_score_dict(rgb, {1: cam}, alpha=4)
-    assert sorted(scores) == [0, 2] and all(v.dtype == np.float32 for v in scores.values())
-    got = score_dict_label(scores)
-    assert (got[15:25, 15:25] == 2).all() and (got[:5] == 0).all()
-
-
+@pytest.mark.slow
 def test_skip_existing_and_overwrite(inferred):
     ids = toy_items(inferred).ids
     paths = [exp(inferred, "dict", i + ".npy") for i in ids]
@@ -217,10 +175,8 @@ def test_png_threshold_defaults_to_best_of_evaluation(evaluated):
 def test_evaluation_does_not_import_torch(evaluated):
     """``python -X importtime`` lists every module the program imports."""
     work, _ = evaluated
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "evaluation.py"),
-                           "--name", "run", *THRESHOLDS, *EVAL], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = python("-X", "importtime", os.path.join(ROOT, "evaluation.py"), "--name", "run",
+                  *THRESHOLDS, *EVAL, cwd=work, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
@@ -321,13 +277,11 @@ def test_a_mask_of_another_size_is_one_line_from_the_reading_threads(inferred, t
         proc.stderr.strip().splitlines()[-1]]       # one line besides the progress bar
 
 
+@pytest.mark.slow
 def test_torchrun_splits_the_list_and_matches_one_process(inferred):
     """Two CPU ranks (gloo) write every dict once between them, equal to one process's."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", os.path.join(ROOT, "infer_PCSS.py"),
-                           "--name", "ddp", "--load_pretrained", "w.pth", *DATA],
-                          cwd=inferred, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_script("infer_PCSS.py", "--name", "ddp", "--load_pretrained", "w.pth", *DATA,
+                      cwd=inferred, nproc=2, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one_dir, two_dir = RunFolder("run", inferred).dict_dir, RunFolder("ddp", inferred).dict_dir
     one = sorted(p for p in os.listdir(one_dir) if p.endswith(".npy"))

@@ -1,20 +1,21 @@
 """wsss.affinity (PSA's affinity labels, loss and random walk) against the loop-level
-restatements of bench/reference_refine.py, on configurations other than the fixture's: radii
-3-6, odd and non-square grids, crops reaching outside the image, several class counts,
-betas, logt and both background rules; the dense and the sparse walk; dtypes and half
-precision."""
+restatements of bench/reference_refine.py and bench/reference.py, on configurations other
+than the fixture's: radii 3-6, odd and non-square grids, grids too small for the radius,
+crops reaching outside the image, several class counts, betas, logt and both background
+rules; the dense and the sparse walk; dtypes and half precision."""
 import numpy as np
 import pytest
 import torch
 
+from bench.reference import (literal_affinity_labels, literal_label_map, literal_pairs,
+                             literal_random_walk)
 from bench.reference_refine import (ref_affinities, ref_affinity_labels, ref_affinity_loss,
-                                    ref_crop_window,
-                                    ref_dense_affinity, ref_label_map, ref_pair_indices,
-                                    ref_pair_offsets, ref_random_walk, ref_rw_background)
+                                    ref_crop_window, ref_dense_affinity, ref_label_map,
+                                    ref_pair_indices, ref_pair_offsets, ref_random_walk,
+                                    ref_rw_background)
 from wsss.affinity import (affinity_label_map, affinity_labels, affinity_loss, crop_window,
-                            dense_affinity, pair_affinities, pair_indices, pair_offsets,
-                            random_walk,
-                            rw_background, sparse_affinity)
+                           dense_affinity, pair_affinities, pair_indices, pair_offsets,
+                           random_walk, rw_background, sparse_affinity)
 
 
 def grid_pairs(h, w, r):
@@ -239,3 +240,126 @@ def test_pair_affinities_slices_equal_the_pairwise_definition(r, h, w):
     if got.numel():
         got.sum().backward()
         assert torch.isfinite(e.grad).all() and e.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------- pairs
+@pytest.mark.parametrize("h,w,r", [(7, 9, 3), (10, 12, 4), (11, 13, 5), (9, 17, 5)])
+def test_pairs_match_literal(h, w, r):
+    offs, froms, tos = literal_pairs(h, w, r)
+    assert pair_offsets(r) == offs
+    assert len(offs) == {3: 12, 4: 22, 5: 34}[r]
+    i_from, i_to = pair_indices(h, w, r)
+    assert i_from.dtype == i_to.dtype == torch.int64
+    np.testing.assert_array_equal(i_from.numpy(), froms)
+    np.testing.assert_array_equal(i_to.numpy(), tos)
+
+
+def test_grids_too_small_for_the_radius_have_no_pairs():
+    """As the reference's slicing gives: no pairs, so the walk's matrix is the identity."""
+    for h, w in ((4, 20), (9, 8), (3, 3)):
+        i_from, i_to = pair_indices(h, w, 5)
+        assert i_from.numel() == i_to.numel() == 0
+        M = dense_affinity(torch.zeros(34, 0), h, w, 5)
+        assert torch.equal(M, torch.eye(h * w))
+        scores = torch.rand(2, 8 * h, 8 * w)
+        torch.testing.assert_close(random_walk(scores, sparse_affinity(torch.zeros(34, 0), h, w,
+                                                                       5)),
+                                   random_walk(scores, M))
+
+
+@pytest.mark.parametrize("r", [3, 4, 5])
+def test_affinity_labels_match_literal_batched(r):
+    g = np.random.default_rng(r)
+    y = g.choice([0, 1, 2, 3, 255], size=(3, 10, 12), p=[0.4, 0.2, 0.15, 0.1, 0.15])
+    got = affinity_labels(torch.from_numpy(y), r)
+    for b in range(3):
+        want = literal_affinity_labels(y[b], r)
+        for t, u in zip(got, want):
+            assert t.dtype == torch.float32
+            np.testing.assert_array_equal(t[b].numpy(), u)
+
+
+@pytest.mark.parametrize("S,n", [(40, 1), (44, 3), (37, 2)])
+def test_label_map_matches_literal(S, n):
+    g = np.random.default_rng(S)
+    la = g.random((n + 1, S, S)) ** 3
+    ha = g.random((n + 1, S, S)) ** 3
+    la[:, :9, :9] = 0                         # a block without scores -> 255
+    ha[:, :9, :9] = 0
+    got = affinity_label_map(torch.from_numpy(la), torch.from_numpy(ha), stride=8)
+    assert got.dtype == torch.int64 and got.shape == (-(-S // 8),) * 2
+    np.testing.assert_array_equal(got.numpy(), literal_label_map(la, ha))
+    assert got[0, 0] == 255
+
+
+def test_crop_window_fills_outside():
+    x = torch.arange(2 * 5 * 7, dtype=torch.float64).reshape(2, 5, 7)
+    z = crop_window(x, 6, -2, 3, fill=-1.0)
+    for i in range(6):
+        for j in range(6):
+            r, c = i - 2, j + 3
+            want = x[:, r, c] if 0 <= r < 5 and 0 <= c < 7 else torch.full((2,), -1.0,
+                                                                              dtype=x.dtype)
+            torch.testing.assert_close(z[:, i, j], want)
+    assert crop_window(x, 3, 10, 10).abs().sum() == 0
+
+
+def test_affinity_loss_terms():
+    g = torch.Generator().manual_seed(0)
+    aff = torch.rand(2, 10, 30, generator=g, dtype=torch.float64)
+    bg, fg, neg = ((torch.rand(2, 10, 30, generator=g) > q).double() for q in (0.7, 0.8, 0.6))
+    L = affinity_loss(aff, bg, fg, neg)
+    want_bg = (-(bg * torch.log(aff + 1e-5))).sum() / (bg.sum() + 1e-5)
+    want_neg = (-(neg * torch.log(1 + 1e-5 - aff))).sum() / (neg.sum() + 1e-5)
+    torch.testing.assert_close(L["bg"], want_bg)
+    torch.testing.assert_close(L["neg"], want_neg)
+    torch.testing.assert_close(L["total"], L["bg"] / 4 + L["fg"] / 4 + L["neg"] / 2)
+
+
+# --------------------------------------------------------------------------- the walk
+@pytest.mark.parametrize("H,W,r,beta,logt,c,mode", [
+    (45, 93, 5, 8, 6, 3, "threshold"), (40, 70, 4, 4, 3, 2, "power"),
+    (33, 77, 5, 2, 4, 1, "power"), (50, 50, 4, 8, 8, 4, "threshold")])
+def test_random_walk_matches_literal(H, W, r, beta, logt, c, mode):
+    g = torch.Generator().manual_seed(H)
+    h, w = -(-H // 8), -(-W // 8)
+    K, P = len(pair_offsets(r)), (h - r + 1) * (w - 2 * r + 2)
+    aff = torch.rand(K, P, generator=g, dtype=torch.float64)
+    cams = torch.rand(c - 1, H, W, generator=g, dtype=torch.float64) ** 2
+    bg = rw_background(cams, mode=mode, threshold=0.35, alpha=16)
+    if mode == "power":
+        want_bg = (1 - cams.amax(0)) ** 16 if c > 1 else torch.ones(H, W, dtype=cams.dtype)
+    else:
+        want_bg = torch.full((H, W), 0.35, dtype=cams.dtype)
+    torch.testing.assert_close(bg, want_bg)
+    scores = torch.cat([bg[None], cams])
+    want = literal_random_walk(scores.numpy(), aff.numpy(), r, beta, logt)
+    M = dense_affinity(aff, h, w, r)
+    Ms = sparse_affinity(aff[None], h, w, r)
+    torch.testing.assert_close(Ms.to_dense(), M)
+    dense = random_walk(scores, M, beta=beta, logt=logt)
+    sparse = random_walk(scores, Ms, beta=beta, logt=logt)
+    assert dense.shape == (c, H, W)
+    np.testing.assert_allclose(dense.numpy(), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sparse.numpy(), want, rtol=1e-7, atol=1e-10)
+    np.testing.assert_array_equal(sparse.argmax(0).numpy(), want.argmax(0))
+
+
+def test_sparse_walk_in_float32_agrees_with_squaring():
+    g = torch.Generator().manual_seed(5)
+    H, W, r = 120, 150, 5
+    h, w = 15, 19
+    aff = torch.rand(1, len(pair_offsets(r)), (h - 4) * (w - 8), generator=g)
+    scores = torch.rand(3, H, W, generator=g)
+    dense = random_walk(scores, dense_affinity(aff, h, w, r))
+    sparse = random_walk(scores.half(), sparse_affinity(aff, h, w, r).half())
+    assert sparse.dtype == torch.float32
+    assert float((sparse - dense).norm() / dense.norm()) < 1e-3   # half-precision inputs
+    full = random_walk(scores, sparse_affinity(aff, h, w, r))
+    assert float((full - dense).norm() / dense.norm()) < 1e-5
+    assert torch.equal(full.argmax(0), dense.argmax(0))
+
+
+def test_walk_rejects_a_matrix_of_another_size():
+    with pytest.raises(ValueError, match="does not fit"):
+        random_walk(torch.rand(2, 30, 30), torch.eye(10))

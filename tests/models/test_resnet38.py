@@ -6,7 +6,6 @@ restatement, gradients and bf16 autocast. The full-width nets (about 100 M param
 built once per module and run on tiny images; layouts use the meta device."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -15,12 +14,12 @@ import torch.nn as nn
 
 from bench.reference_refine import ref_affinities
 from models.resnet38 import build_resnet38_aff, build_resnet38_seg, load_resnet38_weights
-from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from utils.errors import UserError
+from wsss.affinity import affinity_labels, affinity_loss, pair_offsets
 from wsss.segmentation import seg_loss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYOUT = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "resnet38_state_dict.json")
+from helpers import shared_fixture
+
 AFF_HEAD = ["f8_3.weight", "f8_4.weight", "f8_5.weight", "f9.weight"]
 SEG_HEAD = ["fc8_seg_conv1.weight", "fc8_seg_conv1.bias", "fc8_seg_conv2.weight",
             "fc8_seg_conv2.bias"]
@@ -28,9 +27,7 @@ SEG_HEAD = ["fc8_seg_conv1.weight", "fc8_seg_conv1.bias", "fc8_seg_conv2.weight"
 
 @pytest.fixture(scope="module")
 def layouts():
-    if not os.path.isfile(LAYOUT):
-        pytest.skip(f"reference fixture {LAYOUT} not present (../shared beside the checkout)")
-    with open(LAYOUT) as f:
+    with open(shared_fixture("fixtures/resnet38_state_dict.json")) as f:
         return {name: {k: tuple(s) for k, s in keys.items()} for name, keys in json.load(f).items()}
 
 
@@ -230,6 +227,7 @@ def test_affinity_gradients_reach_the_trunk_but_not_the_stem(aff):
     aff.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_segmentation_logits_loss_and_gradients(seg):
     seg.train()
     H, W = 33, 50

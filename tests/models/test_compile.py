@@ -14,6 +14,7 @@ from models import build_model, compile_network, pcss_losses
 from models.compile import is_compiled
 from wsss.cam import cam_dict
 from wsss.frequency import FrequencyInfluence
+from helpers import shared_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*CUDA.*")
 
@@ -77,6 +78,7 @@ def test_same_module_state_dict_and_modes():
         compile_network(torch.compile(small()))
 
 
+@pytest.mark.slow
 def test_refinement_and_segmentation_nets_compile_whole():
     """AffinityNet and the segmentation net (``--compile`` of the refinement stages): the
     forward compiled on a clone sharing the parameters, the same numbers, other methods
@@ -97,6 +99,7 @@ def test_refinement_and_segmentation_nets_compile_whole():
                 torch.testing.assert_close(cnet(x), net(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_forward_logits_rcams_match_eager():
     net = small().eval()
     cnet = compile_network(net)
@@ -122,6 +125,7 @@ def test_forward_logits_rcams_match_eager():
     close(out_c["cls"], out_e["cls"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pcss_losses_and_gradients_match_eager_with_drop_path(dtype):
     """Train mode, drop path 0.5: the compiled network draws the same stochastic-depth
@@ -154,8 +158,9 @@ def test_pcss_losses_and_gradients_match_eager_with_drop_path(dtype):
     grads_close(Gc, Ge, 1e-3 if dtype == torch.float32 else 1e-9)
 
 
+@pytest.mark.slow
 def test_shared_prefix_through_compile_equals_full_recompute():
-    """tests/test_models.py's shared-prefix check, with the compiled network: the same
+    """tests/models/test_pcss_model.py's shared-prefix check, with the compiled network: the same
     losses, gradients and RNG draws as recomputing every block the reference's way."""
     net = small(dpr=0.5, dtype=torch.float64, C=4, S=48, D=24, depth=4, heads=3).train()
     cnet = compile_network(net, backend=BACKEND)
@@ -168,6 +173,7 @@ def test_shared_prefix_through_compile_equals_full_recompute():
         close(got[n], ref_grads[n], rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_fim_accumulate_and_cam_dict_match_eager():
     net = small().eval()
     cnet = compile_network(net, backend=BACKEND)
@@ -189,6 +195,7 @@ def test_fim_accumulate_and_cam_dict_match_eager():
         assert abs(a[k] - b[k]).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_no_recompilation_across_native_sizes():
     """After one image, other native sizes (other token counts) reuse the graphs."""
     net = small().eval()
@@ -204,6 +211,7 @@ def test_no_recompilation_across_native_sizes():
     assert counters()[0] == graphs
 
 
+@pytest.mark.slow
 def test_autocast_bf16_runs_and_stays_close():
     net = small().eval()
     cnet = compile_network(net, backend=BACKEND)
@@ -231,6 +239,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_wraps_the_compiled_network():
     """``DDP(compile_network(net))`` (gloo, world size 1): the losses and gradients of the
     eager network, the state dict under ``module.``."""
@@ -264,25 +273,23 @@ def test_ddp_wraps_the_compiled_network():
         dist.destroy_process_group()
 
 
-def _conform(shared_fixture):
-    path = os.path.join(os.path.dirname(os.path.dirname(shared_fixture("s1.npz"))),
-                        "tools", "conform.py")
-    if not os.path.isfile(path):
-        pytest.skip(f"{path} not present")
+def _conform():
+    path = shared_fixture("tools/conform.py")
     spec = importlib.util.spec_from_file_location("pcss_conform", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_float64_fixture_through_the_compiled_network(shared_fixture, monkeypatch):
+@pytest.mark.slow
+def test_float64_fixture_through_the_compiled_network(monkeypatch):
     """The reference fixture s1 (float64), every model part of the conformance tool, with
     ``build_model`` returning compiled networks: agreement to 1e-8 (1e-6 for gradients)."""
     import numpy as np
 
     import models
 
-    conform = _conform(shared_fixture)
+    conform = _conform()
     eager_build = models.build_model
     monkeypatch.setattr(models, "build_model", lambda **kw: compile_network(eager_build(**kw),
                                                                         backend=BACKEND))
@@ -294,7 +301,7 @@ def test_float64_fixture_through_the_compiled_network(shared_fixture, monkeypatc
         errors.append((name, conform.rel(got, want), 1e-6 if name.startswith("grad") else 1e-8))
 
     monkeypatch.setattr(conform, "check", check)
-    f = np.load(shared_fixture("s1.npz"))
+    f = np.load(shared_fixture("fixtures/s1.npz"))
     for part in ("fwd", "mix", "infer", "train", "fim"):
         getattr(conform, "part_" + part)(f)
     assert all(conform.results), "a conformance step failed"

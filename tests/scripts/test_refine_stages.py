@@ -13,8 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 
 import cv2
@@ -23,21 +21,21 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets.classification import load_image
 from datasets.layout import TOY_CLASSES, layout
 from datasets.toy import make_toy, toy_sample
 from engine.run_folder import RunFolder
-from datasets.classification import load_image
 from utils.checkpoint import load_training_state
-from wsss.crf import crf_available
 from utils.io import read_label_png
-from wsss.scorefile import save_cam_dict
 from utils.lists import read_id_list
 from wsss.pseudo import crf_score_dict
+from wsss.scorefile import save_cam_dict
 
-pytestmark = pytest.mark.skipif(not crf_available(), reason="the CRF score dicts need "
-                                                            "pydensecrf2")
+from helpers import ONE_THREAD, assert_clean_error, assert_ok, needs_crf, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# every test needs the module's toy set with its CRF score dicts (about 15 s to make)
+pytestmark = [needs_crf, pytest.mark.slow]
+
 EVAL = ["--data-set", "TOY", "--data-path", "data", "--num_workers", "0"]
 NET = EVAL + ["--device", "cpu"]
 ALPHAS = ("1", "8")          # low alpha: confident foreground; high alpha: confident background
@@ -52,29 +50,11 @@ MIN_GAIN = 5.0
 TEST_IDS = ["test_0000", "test_0001", "test_0002"]
 
 
-def run_script(script, *args, cwd, torchrun=False, timeout=300):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 "--nproc_per_node", "2"] if torchrun else [sys.executable])
-    return subprocess.run(launcher + [os.path.join(ROOT, script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def parsed_args(script, args, cwd):
     """The arguments ``script`` parses from ``args`` (its ``--print-args``)."""
-    proc = run_script(script, *args, "--print-args", cwd=cwd)
+    proc = run_script(script, *args, "--print-args", cwd=cwd, env=ONE_THREAD)
     assert_ok(proc)
     return json.loads(proc.stdout)
-
-
-def assert_ok(proc):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-
-
-def assert_clean_error(proc, message):
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 def synthetic_seeds(gt, num_classes, erode=SEED_ERODE, sigma=SEED_SIGMA):
@@ -150,13 +130,13 @@ def refined(work):
     dicts, walk the train list, score the masks. Returns the two evaluation records and the
     ``infer_aff.py`` process."""
     assert_ok(run_script("evaluation.py", "--name", "run", "--task", "cam", "--list", "train",
-                         *EVAL, cwd=work))
-    assert_ok(run_script("train_aff.py", *AFF_ARGS, cwd=work))
-    walk = run_script("infer_aff.py", "--name", "run", *NET, cwd=work)
+                         *EVAL, cwd=work, env=ONE_THREAD))
+    assert_ok(run_script("train_aff.py", *AFF_ARGS, cwd=work, env=ONE_THREAD))
+    walk = run_script("infer_aff.py", "--name", "run", *NET, cwd=work, env=ONE_THREAD)
     assert_ok(walk)
     assert_ok(run_script("evaluation.py", "--name", "run", "--task", "png", "--dict_dir",
                          RunFolder("run").rw_dir, "--list", "train", *EVAL,
-                         cwd=work))
+                         cwd=work, env=ONE_THREAD))
     return {"seeds": read_json(exp(work, "run", "eval_cam.json")),
             "masks": read_json(exp(work, "run", "eval_png.json")), "walk": walk}
 
@@ -164,8 +144,8 @@ def refined(work):
 @pytest.fixture(scope="module")
 def segmented(refined, work):
     """``train_seg.py`` (1 epoch) on the pseudo masks, ``infer_seg.py`` on the val list."""
-    assert_ok(run_script("train_seg.py", *SEG_ARGS, cwd=work))
-    proc = run_script("infer_seg.py", "--name", "run", *NET, cwd=work)
+    assert_ok(run_script("train_seg.py", *SEG_ARGS, cwd=work, env=ONE_THREAD))
+    proc = run_script("infer_seg.py", "--name", "run", *NET, cwd=work, env=ONE_THREAD)
     assert_ok(proc)
     return proc
 
@@ -230,7 +210,7 @@ def test_segmentation_trains_on_the_masks_and_predicts_val(work, segmented):
 def test_training_on_the_ground_truth_is_refused(work):
     proc = run_script("train_seg.py", "--name", "gt", "--seg_pgt_path",
                       str(work / "data" / "SegmentationClass"), "--crop_size", "96",
-                      "--num_epochs", "1", *NET, cwd=work)
+                      "--num_epochs", "1", *NET, cwd=work, env=ONE_THREAD)
     assert_clean_error(proc, "is the dataset's ground truth")
     assert "not weakly supervised" in proc.stderr
     assert not exp(work, "gt").exists()
@@ -257,13 +237,14 @@ def test_test_split_writes_the_server_layout_and_archive(work):
     torch.save(build_segmentation_net("toy", 21)[0].state_dict(), work / "seg21.pth")
 
     proc = run_script("infer_seg.py", "--name", "test", "--split", "test", "--weights",
-                      "seg21.pth", *NET, cwd=work)
+                      "seg21.pth", *NET, cwd=work, env=ONE_THREAD)
     assert_clean_error(proc, "for other datasets pass --infer_list")
 
     voc = ["--data-set", "VOC12", "--data-path", "data", "--backbone", "toy"]
     scales = [1.0, 0.5]
     proc = run_script("infer_seg.py", "--name", "test", "--split", "test", "--weights",
-                      "seg21.pth", "--scales", *map(str, scales), *NET, *voc, cwd=work)
+                      "seg21.pth", "--scales", *map(str, scales), *NET, *voc,
+                      cwd=work, env=ONE_THREAD)
     assert_ok(proc)
     out = work / RunFolder("test", work).test_dir()
     assert pngs(out) == TEST_IDS
@@ -292,7 +273,7 @@ def test_test_split_writes_the_server_layout_and_archive(work):
     elsewhere = work / "elsewhere"
     assert_ok(run_script("infer_seg.py", "--name", "test2", "--split", "test", "--weights",
                          "seg21.pth", "--scales", "1.0", "--infer_list", str(one), "--out",
-                         str(elsewhere), *NET, *voc, cwd=work))
+                         str(elsewhere), *NET, *voc, cwd=work, env=ONE_THREAD))
     with tarfile.open(RunFolder("test2", work).results_archive()) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
         member = tar.extractfile(prefix + TEST_IDS[0] + ".png").read()
@@ -319,12 +300,12 @@ def test_stale_masks_are_refused_without_overwrite(work, refined):
     args = ["infer_aff.py", "--name", "run", "--weights", str(other), "--out_rw", str(stale),
             "--infer_list", str(few), *NET]
 
-    proc = run_script(*args, cwd=work)
+    proc = run_script(*args, cwd=work, env=ONE_THREAD)
     assert_clean_error(proc, "--overwrite")
     assert "aff_net.pth" in proc.stderr and "other_aff.pth" in proc.stderr
     assert {p: (stale / p).read_bytes() for p in os.listdir(stale)} == before
 
-    assert_ok(run_script(*args, "--overwrite", cwd=work))
+    assert_ok(run_script(*args, "--overwrite", cwd=work, env=ONE_THREAD))
     assert pngs(stale) == sorted(ids)          # the other weights' masks are gone
     assert read_json(stale / "manifest.json")["weights"]["affinity"]["sha256"] == sha256(other)
 
@@ -336,7 +317,7 @@ def test_missing_crf_dicts_fail_before_training(work):
     listed.write_text("\n".join(read_id_list(lay.train_list)[:20] + [val_id]) + "\n")
     proc = run_script("train_aff.py", "--name", "missing", "--train_list", str(listed),
                       "--crop_size", "96", "--batch_size", "4", "--max_epoches", "1",
-                      *CRF_DIRS, "--no-tensorboard", *NET, cwd=work)
+                      *CRF_DIRS, "--no-tensorboard", *NET, cwd=work, env=ONE_THREAD)
     assert_clean_error(proc, "1 low-alpha CRF score dicts missing")
     assert val_id + ".npy" in proc.stderr and "(of 21 listed)" in proc.stderr
     assert "--crf" in proc.stderr
@@ -350,7 +331,7 @@ def test_torchrun_two_cpu_processes(work):
     proc = run_script("train_aff.py", "--name", "ddp", "--train_list", str(listed),
                       "--crop_size", "96", "--batch_size", "4", "--max_epoches", "1",
                       "--lr", "0.05", "--momentum", "0.9", *CRF_DIRS,
-                      "--no-tensorboard", *NET, cwd=work, torchrun=True, timeout=300)
+                      "--no-tensorboard", *NET, cwd=work, nproc=2, timeout=300, env=ONE_THREAD)
     assert_ok(proc)
     aff = exp(work, "ddp", "aff")
     state = torch.load(aff / "aff_net.pth", weights_only=True)

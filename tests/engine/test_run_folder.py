@@ -1,18 +1,15 @@
-"""``engine.run_folder``: the one place that knows a run's paths, its folder-flag rule and its
-backbone-folder rule; and that the scripts' defaults come from it (the CRF alphas)."""
-import argparse
+"""``engine.run_folder``: the one place that knows a run's paths, its folder-flag rule, its
+backbone-folder rule and where trained weights are found; and that the scripts' defaults come
+from it (the CRF alphas)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from engine.run_folder import CRF_ALPHAS, EXPERIMENTS, RunFolder, backbone_folder
-from utils.args import with_defaults
 from utils.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_script
 
 
 def test_paths_relative_to_the_working_directory_or_a_root(tmp_path):
@@ -69,10 +66,8 @@ def test_folder_flags_resolve_in_the_run_first(tmp_path, monkeypatch):
 def test_train_aff_reads_the_crf_folders_infer_pcss_writes(tmp_path, monkeypatch):
     """One set of default alphas: infer_PCSS.py's --alphas and train_aff.py's default
     --la_crf_dir / --ha_crf_dir."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "infer_PCSS.py"), "--name", "r",
-                           "--load_epo", "1", "--print-args"], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_script("infer_PCSS.py", "--name", "r", "--load_epo", "1", "--print-args",
+                      cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     alphas = json.loads(proc.stdout)["alphas"]
     assert alphas == list(CRF_ALPHAS)
@@ -99,9 +94,19 @@ def test_epoch_checkpoint_names_the_epochs_saved(tmp_path):
         run.find_epoch_checkpoint(3)
 
 
-def test_with_defaults_leaves_the_parsed_arguments_alone():
-    args = argparse.Namespace(lr=None, epochs=3, backbone=None)
-    before = vars(args).copy()
-    opt = with_defaults(args, lr=0.01, epochs=5, backbone="toy")
-    assert (opt.lr, opt.epochs, opt.backbone) == (0.01, 3, "toy")
-    assert vars(args) == before
+def test_find_trained_weights(tmp_path):
+    run = RunFolder("run1", root=tmp_path)
+    with pytest.raises(UserError) as e:
+        run.find_trained_weights(None, "affinity")
+    msg = str(e.value)
+    assert run.path("aff", "aff_net.pth") in msg
+    assert "python train_aff.py --name run1" in msg and "res38_aff.pth" in msg
+    with pytest.raises(UserError, match="python train_seg.py --name run1 --backbone "
+                                        "deeplabv2_r101"):
+        run.find_trained_weights(None, "segmentation", "deeplabv2_r101")
+    path = run.trained_weights("segmentation")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"x")
+    assert run.find_trained_weights(None, "segmentation") == path
+    assert RunFolder("elsewhere").find_trained_weights(str(path), "affinity") == str(path)

@@ -8,8 +8,6 @@ import os
 import pickle
 import random
 import shutil
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -20,17 +18,17 @@ from timm.data.auto_augment import RandAugment
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import datasets
+from datasets.classification import build_transform
 from datasets.labels import labels_from_mask
 from datasets.layout import COCO_CLASSES, TOY_CLASSES, VOC_CLASSES, layout
 from datasets.prepare import coco_val_subset, prepare_coco, prepare_voc
 from datasets.toy import make_toy
-from datasets.classification import build_transform
-from helpers import WritesMarker
 from utils.errors import UserError
 from utils.io import load_npy_dict, read_label_png
 from utils.lists import read_id_list
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import WritesMarker, assert_clean_error, assert_ok, python, run_script
+
 
 # VOC fixture: id -> object names of its XML (parts excluded); which ids have aug masks.
 VOC_OBJECTS = {"2007_000001": ["dog", "person"], "2007_000002": ["aeroplane"],
@@ -192,11 +190,9 @@ def test_prepare_reports_unreadable_files(voc, coco):
 
 def test_prepare_cli_missing_dir_exits_with_message(tmp_path):
     missing = str(tmp_path / "nowhere")
-    res = subprocess.run([sys.executable, "-m", "datasets.prepare", "--data-set", "VOC12",
-                          "--data-path", missing], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode != 0
-    assert "data directory not found" in res.stderr and missing in res.stderr
-    assert "Traceback" not in res.stderr
+    res = run_script("-m datasets.prepare", "--data-set", "VOC12", "--data-path", missing)
+    assert_clean_error(res, "data directory not found")
+    assert missing in res.stderr
 
 
 # ---- toy set ---------------------------------------------------------------------------
@@ -243,7 +239,7 @@ def test_build_dataset_signature_and_no_torch_in_layout():
                             "augment"]
     assert params["input_size"].default == 224 and params["augment"].default == "timm"
     code = "import sys, datasets.layout; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    assert_ok(python("-c", code))
 
 
 @pytest.mark.parametrize("mode,augment", [("train", "timm"), ("train", "light"),
@@ -440,3 +436,18 @@ def test_list_files_crlf_blank_duplicates_and_paths(tmp_path):
         p.write_text(bad + "\n")
         with pytest.raises(UserError, match="l.txt"):
             read_id_list(str(p))
+
+
+def test_infer_transform_is_torchvisions_without_torchvision():
+    """The infer transform gives torchvision's ToTensor + Normalize bits."""
+    from PIL import Image
+    from torchvision import transforms
+    from datasets.classification import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+                                         build_transform)
+    ref = transforms.Compose([transforms.ToTensor(),
+                              transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    rng = np.random.default_rng(0)
+    for h, w in ((375, 500), (5, 3)):
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        got, want = build_transform("infer")(im), ref(im)
+        assert got.dtype == want.dtype and torch.equal(got, want)

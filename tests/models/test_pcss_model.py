@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from bench.reference import literal_forward, prefix_sharing_case, ref_losses
 from models import build_model, init_from_deit, load_model_weights, pcss_losses
 from models.weights import load_state_dict_file
-from wsss.cam import cam_dict
 from utils.errors import UserError
+from wsss.cam import cam_dict
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import ROOT
+
+
+HERE = os.path.join(ROOT, "tests")
 
 
 def small(C=3, S=64, D=32, depth=3, heads=2, dpr=0.0, dtype=torch.float64, seed=0):

@@ -3,37 +3,28 @@ that made them (manifests, val_dict/, --overwrite), and bad input or a diverged 
 with a clear message, a distinct exit code and nothing half-written."""
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 
 import pytest
-import torch
 from PIL import Image
 
 from datasets.toy import make_toy
 from engine.run_folder import RunFolder
-from models import build_arch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ONE_THREAD, run_script, toy_work
+
 DATA = ["--data-set", "TOY", "--data-path", "toy", "--arch", "toy", "--num_workers", "0",
         "--device", "cpu"]
 
 
-def run(script, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+run = partial(run_script, env=ONE_THREAD)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A toy set of 20 images (16 train, 4 val) and two different weight files A and B."""
-    d = tmp_path_factory.mktemp("real_inputs")
-    make_toy(str(d / "toy"), 20, seed=1)
-    for seed, name in ((0, "A.pth"), (1, "B.pth")):
-        torch.manual_seed(seed)
-        torch.save(build_arch("toy", 4, 96, drop_path_rate=0.0).state_dict(), d / name)
-    return d
+    return toy_work(tmp_path_factory.mktemp("real_inputs"), 20, seed=1, data="toy",
+                    weights=("A.pth", "B.pth"))
 
 
 def train(work, name, *extra):
@@ -41,6 +32,7 @@ def train(work, name, *extra):
                "--finetune", "none", "--val_start_epo", "0", *DATA, *extra, cwd=work)
 
 
+@pytest.mark.slow
 def test_validation_does_not_leave_seeds_for_inference(work):
     """Validation writes val_dict/, never dict/: otherwise inference would take the
     validation's seeds for its own and skip every image."""
@@ -55,6 +47,7 @@ def test_validation_does_not_leave_seeds_for_inference(work):
     assert "0 of this process's 4 already done" in proc.stdout and "wrote 4 images" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_folder_never_mixes_two_weight_files(work):
     dict_dir = work / RunFolder("two", work).dict_dir
     proc = run("infer_PCSS.py", "--name", "two", "--load_pretrained", "A.pth", *DATA, cwd=work)
@@ -89,6 +82,7 @@ def test_outputs_of_unknown_origin_are_not_mixed_in(work):
     assert proc.returncode == 2 and "unknown origin" in proc.stderr and "--overwrite" in proc.stderr
 
 
+@pytest.mark.slow
 def test_settings_are_part_of_the_producer(work):
     first = run("infer_PCSS.py", "--name", "settings", "--load_pretrained", "B.pth", *DATA,
                 cwd=work)
@@ -98,6 +92,7 @@ def test_settings_are_part_of_the_producer(work):
     assert proc.returncode == 2 and "scales [1.0, 0.5]" in proc.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_image_during_training_is_a_clean_message(work, tmp_path):
     make_toy(str(tmp_path / "toy"), 12, seed=2)
     bad = sorted((tmp_path / "toy" / "JPEGImages").glob("*.jpg"))[0]
@@ -111,6 +106,7 @@ def test_corrupt_image_during_training_is_a_clean_message(work, tmp_path):
     assert not os.path.exists(RunFolder("corrupt", tmp_path).ckpt_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--batch_size", "64"], "--batch_size 64 x 1 process(es) is more than the 16 images"),
     (["--epochs", "0"], "--epochs 0: nothing to train"),
@@ -122,6 +118,7 @@ def test_training_arguments_that_cannot_work(work, args, message):
     assert not os.path.exists(RunFolder("bad_args", work).ckpt_dir)
 
 
+@pytest.mark.slow
 def test_diverged_training_has_its_own_exit_code(work):
     proc = train(work, "diverge", "--lr", "1e30", "--warmup-epochs", "0", "--epochs", "2",
                  "--W", "0", "0")
@@ -130,13 +127,11 @@ def test_diverged_training_has_its_own_exit_code(work):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_manifest_and_outputs(work):
     """Two ranks agree on the folder's state before anyone writes (gloo, CPU)."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", os.path.join(ROOT, "infer_PCSS.py"), "--name", "ranks", "--load_pretrained",
-           "A.pth", "--png", "--threshold", "0.5", *DATA]
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    proc = run("infer_PCSS.py", "--name", "ranks", "--load_pretrained", "A.pth", "--png",
+               "--threshold", "0.5", *DATA, cwd=work, nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = work / RunFolder("ranks", work).seed_folder("png")
     assert len(list(png.glob("*.png"))) == 4

@@ -2,27 +2,19 @@
 the FIM schedule, resume, torchrun with two CPU processes, and the up-front errors."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from engine.run_folder import RunFolder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "train_PCSS.py")
+from helpers import ONE_THREAD, run_script
 
 
-def run(args, cwd, timeout=300, torchrun=False):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", TRAIN] + args
-    else:
-        cmd = [sys.executable, TRAIN] + args
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run(args, cwd, timeout=300, nproc=0):
+    """``train_PCSS.py ARGS`` in ``cwd``, one thread per process."""
+    return run_script("train_PCSS.py", *args, cwd=cwd, nproc=nproc, env=ONE_THREAD,
+                      timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +50,7 @@ def full_run(toy):
     return log_lines(toy, "full")
 
 
+@pytest.mark.slow
 def test_four_epochs_write_checkpoints_and_log(toy, full_run):
     ckpt = run_dir(toy, "full") / "ckpt"
     for e in range(4):
@@ -84,6 +77,7 @@ def test_four_epochs_write_checkpoints_and_log(toy, full_run):
     assert "  input_size: 96\n" in text and "  mpc_block: 2\n" in text
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_log(toy, full_run):
     res = run(base_args("resumed", toy, 2), toy)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -97,6 +91,7 @@ def test_resume_gives_the_same_log(toy, full_run):
             assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), (a["epoch"], k)
 
 
+@pytest.mark.slow
 def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
     ckpt = run_dir(toy, "full") / "ckpt"
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
@@ -117,9 +112,10 @@ def test_a_second_fresh_run_is_refused_and_overwrite_starts_over(toy, full_run):
     assert text.count("arguments:") == 1 and "  finetune: none" in text
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(toy):
     args = base_args("ddp", toy, 4) + ["--num_workers", "1", "--fim_ipc", "4"]
-    res = run(args, toy, torchrun=True, timeout=600)
+    res = run(args, toy, nproc=2, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     lines = log_lines(toy, "ddp")
     assert [l["epoch"] for l in lines] == [0, 1, 2, 3]   # each epoch logged once
@@ -139,13 +135,12 @@ def test_missing_data_and_weights_fail_fast(tmp_path):
     assert not os.path.exists(os.path.dirname(RunFolder("x", tmp_path).dir))
 
 
+@pytest.mark.slow
 def test_toy_pretraining_saves_deit_format_that_init_from_deit_loads(toy):
     from models import build_arch, init_from_deit
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_toy.py"), "--name", "pt",
-                           "--data-path", str(toy / "toy"), "--epochs", "1", "--batch_size", "8",
-                           "--num_workers", "0", "--device", "cpu"], cwd=toy,
-                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_script("pretrain_toy.py", "--name", "pt", "--data-path", str(toy / "toy"),
+                      "--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--device",
+                      "cpu", cwd=toy, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-2000:]
     path = RunFolder("pt", toy).pretrained("toy")
     state = torch.load(path, weights_only=True)["model"]

@@ -1,6 +1,5 @@
 """pipeline.py: the plan (commands in order), the preflight's refusals (nothing written),
 flag routing, and skipping / resuming / redoing stages on a small toy run."""
-import argparse
 import json
 import os
 import shutil
@@ -12,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from engine.pipeline import AMBIGUOUS, read_state, route_flags
+from engine.pipeline import read_state
 from engine.run_folder import RunFolder
-from utils.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, run_script
+
 ENV = {**os.environ, "PYTHONPATH": ROOT}
 DEIT = "deit_small_patch16_224-cd65a155.pth"
 
@@ -24,16 +23,9 @@ DEIT = "deit_small_patch16_224-cd65a155.pth"
 def pipeline(*args, patch_free=None, timeout=600):
     """``python pipeline.py ARGS`` from the repository root; with ``patch_free`` the
     free-space function reports that many bytes."""
-    if patch_free is None:
-        cmd = [sys.executable, "pipeline.py", *args]
-    else:
-        code = ("import sys, runpy, engine.pipeline as P; "
-                f"P.free_bytes = lambda path: {patch_free}; "
-                "sys.argv = ['pipeline.py'] + sys.argv[1:]; "
-                "runpy.run_path('pipeline.py', run_name='__main__')")
-        cmd = [sys.executable, "-c", code, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    prelude = ("" if patch_free is None else
+               f"import engine.pipeline as P\nP.free_bytes = lambda path: {patch_free}")
+    return run_script("pipeline.py", *args, prelude=prelude, timeout=timeout)
 
 
 def voc_folder(root, lists=True):
@@ -196,23 +188,6 @@ def test_flags_no_stage_takes_are_refused(flags, message):
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
-def test_route_flags_counts_values_by_the_stage_parser():
-    a = argparse.ArgumentParser()
-    a.add_argument("--scales", nargs="+")
-    a.add_argument("--flip", action=argparse.BooleanOptionalAction)
-    b = argparse.ArgumentParser()
-    b.add_argument("--flip", action="store_true")
-    b.add_argument("--W", nargs=2)
-    stages = [("one", "a.py"), ("two", "b.py")]
-    routed = route_flags(["--flip", "--a.scales", "0.5", "1", "--W", "1", "-2", "--no-flip"],
-                         stages, {"a.py": a, "b.py": b})
-    assert routed == {"one": ["--flip", "--scales", "0.5", "1", "--no-flip"],
-                      "two": ["--flip", "--W", "1", "-2"]}
-    with pytest.raises(UserError, match="needs 2 value"):
-        route_flags(["--W", "1"], stages, {"a.py": a, "b.py": b})
-    assert "--scales" in AMBIGUOUS
-
-
 # ---------------------------------------------------------------------------- toy runs
 SMALL = ("--preset", "toy", "--toy_data.num-images", "100", "--pretrain.epochs", "1",
          "--seeds_train.epochs", "2", "--seeds_train.batch_size", "16",
@@ -286,62 +261,3 @@ def test_killed_runs_finish_with_the_uninterrupted_figures_and_reruns_skip(run_n
         assert "--overwrite" in proc.stdout.split("seg_val [redo]")[1].splitlines()[1]
     finally:
         shutil.rmtree(RunFolder(ref, ROOT).dir, ignore_errors=True)
-
-
-def test_decide_skips_resumes_and_redoes(tmp_path, monkeypatch):
-    import engine.pipeline as P
-
-    monkeypatch.setattr(P, "ROOT", str(tmp_path))
-    train = argparse.ArgumentParser()
-    train.add_argument("--resume", action="store_true")
-    train.add_argument("--overwrite", action="store_true")
-    infer = argparse.ArgumentParser()
-    infer.add_argument("--overwrite", action="store_true")
-    parsers = {"t.py": train, "i.py": infer}
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "last.pth").write_text("x")
-    (tmp_path / "out").mkdir()
-
-    def plan():
-        stages = [P.Stage("a", "t.py", "train", ["--x"], ckpt="run/last.pth",
-                          outputs=["run/last.pth"]),
-                  P.Stage("b", "i.py", "infer", deps=["a"], outputs=["out"]),
-                  P.Stage("c", "i.py", "infer", deps=["b"], outputs=["out"])]
-        P._keys(stages)
-        return stages
-
-    stages = plan()
-    # nothing recorded: a training folder of unknown origin, the rest simply runs
-    P.decide(stages, {"stages": {}}, parsers)
-    assert [s.action for s in stages] == ["run-unknown", "run", "run"]
-    # a done, b killed half-way, c never started
-    done = {"key": stages[0].key, "state": "done",
-            "outputs": {"run/last.pth": P.fingerprint("run/last.pth")}}
-    state = {"stages": {"a": done, "b": {"key": stages[1].key, "state": "started"}}}
-    P.decide(stages, state, parsers)
-    assert [(s.action, s.extra) for s in stages] == [("skip", []), ("continue", []),
-                                                     ("run", [])]
-    # a killed: resumed (or started over for the toy preset); b and c stay
-    state["stages"]["a"] = {"key": stages[0].key, "state": "started"}
-    P.decide(stages, state, parsers)
-    assert stages[0].extra == ["--resume"] and stages[1].action == "continue"
-    P.decide(stages, state, parsers, resume_training=False)
-    assert (stages[0].action, stages[0].extra) == ("redo", ["--overwrite"])
-    assert (stages[1].action, stages[1].extra) == ("redo", ["--overwrite"])
-    # a's settings changed: a and everything after it redone, replacing their outputs
-    state["stages"]["a"] = done
-    state["stages"]["b"] = {"key": stages[1].key, "state": "done", "outputs": {}}
-    state["stages"]["c"] = {"key": stages[2].key, "state": "done", "outputs": {}}
-    stages[0].args = ["--y"]
-    P._keys(stages)
-    P.decide(stages, state, parsers)
-    assert [s.action for s in stages] == ["redo", "redo", "redo"]
-    assert stages[1].extra == stages[2].extra == ["--overwrite"]
-    # --from b: a untouched
-    stages = plan()
-    P.decide(stages, state, parsers, redo_from="b")
-    assert [s.action for s in stages] == ["skip", "redo", "redo"]
-    # the recorded output changed since: not skipped
-    (tmp_path / "run" / "last.pth").write_text("changed")
-    P.decide(stages, state, parsers)
-    assert stages[0].action == "resume"
