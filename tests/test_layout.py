@@ -1,4 +1,4 @@
-"""The house rules of ../shared/LAYOUT.md, checked on the source with ``ast``: imports run
+"""The house rules (README, Development: where things live), checked on the source with ``ast``: imports run
 downhill (scripts -> engine -> models -> wsss / datasets -> utils), scripts define nothing but
 ``get_args_parser``, ``main`` and ``run`` (the scripts that run a network define the first
 and the last; ``utils.args.launch_script`` launches ``run``), and tests never import a

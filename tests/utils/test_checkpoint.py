@@ -13,45 +13,40 @@ from utils.logger import RunLog
 
 # ------------------------------------------------------------------------ training runs
 def test_start_training_heads_a_fresh_log_and_resumes_a_saved_run(tmp_path):
-    class Args:
-        resume = False
-        lr = 0.1
-
+    settings = {"lr": 0.1}
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     log = RunLog(str(tmp_path), tensorboard=False)
-    assert start_training(str(tmp_path / "last.pth"), log, Args(), "2 steps", net, opt) == 0
+    assert start_training(str(tmp_path / "last.pth"), log, settings, "2 steps", net, opt) == 0
     log.epoch({"epoch": 0, "loss": 1.5})
-    save_training_state(str(tmp_path / "last.pth"), 0, net, opt, None, Args())
+    save_training_state(str(tmp_path / "last.pth"), 0, net, opt, None, settings)
     text = (tmp_path / "train.log").read_text()
     assert "arguments:" in text and "2 steps" in text
     assert 'epoch {"epoch": 0, "loss": 1.5}' in text          # the epoch line, on screen too
     assert json.loads((tmp_path / "log.txt").read_text()) == {"epoch": 0, "loss": 1.5}
 
-    Args.resume = True
     before = net.weight.detach().clone()
     with torch.no_grad():
         net.weight.zero_()
     log = RunLog(str(tmp_path), tensorboard=False)
-    assert start_training(str(tmp_path / "last.pth"), log, Args(), "unused", net, opt) == 1
+    assert start_training(str(tmp_path / "last.pth"), log, settings, "unused", net, opt,
+                          resume=True) == 1
+    assert torch.load(str(tmp_path / "last.pth"), weights_only=True)["args"] == settings
     assert torch.equal(net.weight, before)
     assert "resumed from" in (tmp_path / "train.log").read_text()
     assert (tmp_path / "train.log").read_text().count("arguments:") == 1
 
 
 def test_start_training_logs_the_resolved_arguments(tmp_path):
-    class Args:
-        resume = False
-        finetune = None
-
+    settings = {"finetune": None}
     net = torch.nn.Linear(3, 2)
     log = RunLog(str(tmp_path), tensorboard=False)
-    start_training(str(tmp_path / "last.pth"), log, Args(), "s", net,
+    start_training(str(tmp_path / "last.pth"), log, settings, "s", net,
                    torch.optim.SGD(net.parameters(), lr=0.1),
                    resolved={"finetune": "pretrained/deit.pth"})
     text = (tmp_path / "train.log").read_text()
     assert "  finetune: pretrained/deit.pth" in text and "finetune: None" not in text
-    assert Args.finetune is None                        # args (what last.pth keeps) as given
+    assert settings == {"finetune": None}          # the settings (what last.pth keeps) as given
 
 
 def test_a_fresh_run_never_replaces_a_run(tmp_path):
