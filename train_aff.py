@@ -64,6 +64,7 @@ def run(args, device, info) -> None:
     from engine.training import Trainer
     from models.registry import (aff_recipe, affinity_stride, build_affinity_net,
                                  resolve_init_weights)
+    from models.weights import describe_weights
     from utils.args import check_training_length, run_options, with_defaults
     from utils.lists import read_id_list
     from utils.optim import PolySGD
@@ -94,9 +95,8 @@ def run(args, device, info) -> None:
     optimizer = PolySGD(net.param_groups(opt.lr, args.weight_decay), max_step, momentum=momentum)
     trainer.start(
         net, model, optimizer, f"AffinityNet ({opt.backbone}, radius {args.radius}) on "
-        f"{len(dataset)} images, {steps} steps per epoch, {max_step} steps; weights "
-        f"{weights or 'none (from scratch)'}: {len(info_w['fresh'])} fresh tensors, "
-        f"{len(info_w['dropped'])} file tensors unused",
+        f"{len(dataset)} images, {steps} steps per epoch, {max_step} steps; "
+        + describe_weights(weights, info_w),
         resolved={"weights": weights or "none", "train_list": train_list,
                   "la_crf_dir": la_dir, "ha_crf_dir": ha_dir, "backbone": opt.backbone,
                   "lr": opt.lr, "epochs": opt.epochs})

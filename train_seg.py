@@ -70,6 +70,7 @@ def run(args, device, info) -> None:
     from engine.training import Trainer
     from models.registry import (build_segmentation_net, resolve_init_weights, seg_optim,
                                  seg_recipe)
+    from models.weights import describe_weights
     from utils.args import check_training_length, run_options, with_defaults
     from utils.dist import shard
     from utils.errors import UserError
@@ -115,8 +116,7 @@ def run(args, device, info) -> None:
     start_epoch = trainer.start(
         net, model, optimizer, f"{backbone} on {len(ids)} pseudo masks of {mask_dir}, "
         f"{num_classes} classes, {sampler.steps_per_epoch} steps per epoch x "
-        f"{opt.epochs}; weights {weights or 'none (from scratch)'}: "
-        f"{len(info_w['fresh'])} fresh tensors, {len(info_w['dropped'])} file tensors unused",
+        f"{opt.epochs}; " + describe_weights(weights, info_w),
         resolved={"weights": weights or "none", "train_list": train_list,
                   "seg_pgt_path": mask_dir, "backbone": backbone, "epochs": opt.epochs,
                   "batch_size": opt.batch_size, "lr": opt.lr,

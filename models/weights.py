@@ -28,6 +28,13 @@ StateDict = Dict[str, torch.Tensor]
 WeightReport = Dict[str, List[str]]     # {"fresh": [...], "dropped": [...]}
 
 
+def describe_weights(path: Optional[str], report: WeightReport) -> str:
+    """One line for a training log: the initial weight file and what ``load_weights``
+    reported of it ("weights <file>: N fresh tensors, M file tensors unused")."""
+    return (f"weights {path or 'none (from scratch)'}: {len(report['fresh'])} fresh tensors, "
+            f"{len(report['dropped'])} file tensors unused")
+
+
 def read_checkpoint(path: str):
     """The object stored at ``path``, read with ``weights_only=True``; ``UserError`` for a
     missing or unreadable file and for a pickle that would run code."""

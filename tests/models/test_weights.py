@@ -3,7 +3,7 @@
 import pytest
 
 from models.registry import resolve_init_weights
-from models.weights import initial_weights
+from models.weights import describe_weights, initial_weights, load_weights
 from utils.errors import UserError
 
 
@@ -24,3 +24,18 @@ def test_initial_weights_resolution(tmp_path):
     assert resolve_init_weights("toy", None, "affinity") is None
     with pytest.raises(UserError, match="initial weights not found: download"):
         resolve_init_weights("resnet38", "download", "affinity")
+
+
+def test_the_log_line_counts_what_the_loader_reported(tmp_path):
+    import torch
+
+    src = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
+    path = str(tmp_path / "w.pth")
+    torch.save({"0.weight": src[0].weight, "0.bias": src[0].bias,
+                "9.weight": torch.zeros(1)}, path)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
+    report = load_weights(net, path, fresh_ok=("1.weight", "1.bias"), drop_ok=True)
+    assert describe_weights(path, report) == (f"weights {path}: 2 fresh tensors, "
+                                              "1 file tensors unused")
+    assert describe_weights(None, {"fresh": [], "dropped": []}).startswith(
+        "weights none (from scratch): 0 fresh")
