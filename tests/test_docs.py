@@ -9,6 +9,8 @@ import tokenize
 
 import pytest
 
+from engine.run_folder import EXPERIMENTS
+
 
 def repo_root():
     """The checkout this file sits in (however deep under tests/)."""
@@ -23,7 +25,7 @@ def repo_root():
 
 ROOT = repo_root()
 METHOD = os.path.join(ROOT, "docs", "method.md")
-SKIP_DIRS = {".git", ".venv", "data", "pretrained", "experiment", "__pycache__", "node_modules"}
+SKIP_DIRS = {".git", ".venv", "data", "pretrained", EXPERIMENTS, "__pycache__", "node_modules"}
 # spelled in two parts so that this file does not cite what it looks for
 SPEC_CITATION = re.compile(r"\b" + "SP" + r"EC(_REFINE)?\b")
 ISSUE = re.compile(r"\bissues?\s+#?\d+", re.IGNORECASE)
