@@ -177,4 +177,4 @@ def test_deeplabv2_layout_groups_and_frozen_bn():
     assert [g["lr"] for g in groups] == [2.5e-4, 2.5e-3, 5e-3]
     assert [g["weight_decay"] for g in groups] == [5e-4, 5e-4, 0.0]
     assert not any(p.requires_grad for n, p in net.named_parameters() if ".bn" in n)
-    assert abs(float(net.aspp[0].weight.std()) - 0.01) < 1e-3
+    assert abs(float(net.aspp[0].weight.detach().std()) - 0.01) < 1e-3
